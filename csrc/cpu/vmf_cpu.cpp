@@ -1,0 +1,300 @@
+// CPU implementations of the vMF operators: rows in parallel (at::parallel_for), the per-row
+// inner loops written over small fixed-width lane arrays so that the compiler vectorizes them.
+// All math comes from csrc/core, the same code the CUDA kernels run.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../core/normals.h"
+#include "../core/special.h"
+#include "../core/wood.h"
+#include "../ops.h"
+
+namespace penact {
+namespace {
+
+constexpr int kLanes = 16;  // independent accumulators: enough for AVX-512 float and hides FMA latency
+
+template <typename T>
+struct Dot {
+  T dot, sumsq;  // a . b and ||b||^2
+};
+
+// a . b and b . b in one read of b (a is a cached weight row, b a row of x).
+template <typename W, typename X, typename Acc>
+Dot<Acc> dot_and_sumsq(const W* a, const X* b, int64_t n) {
+  Acc dot[kLanes] = {}, sumsq[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const Acc bv = static_cast<Acc>(b[k + l]);
+      dot[l] += static_cast<Acc>(a[k + l]) * bv;
+      sumsq[l] += bv * bv;
+    }
+  }
+  for (int l = 0; k < n; ++k, ++l) {
+    const Acc bv = static_cast<Acc>(b[k]);
+    dot[l] += static_cast<Acc>(a[k]) * bv;
+    sumsq[l] += bv * bv;
+  }
+  Dot<Acc> out{Acc(0), Acc(0)};
+  for (int l = 0; l < kLanes; ++l) {
+    out.dot += dot[l];
+    out.sumsq += sumsq[l];
+  }
+  return out;
+}
+
+// The Gaussian vector of one row: normals 0 .. D-1 of the row's stream (see core/normals.h).
+template <typename T>
+void row_normals(uint64_t seed, uint64_t row, T* gauss, int64_t dim) {
+  constexpr int per_block = NormalsPerBlock<T>::value;
+  const int64_t full_blocks = dim / per_block;
+  for (int64_t j = 0; j < full_blocks; ++j) {
+    normals_from_block(philox4x32_10(seed, row, static_cast<uint64_t>(j)), gauss + j * per_block);
+  }
+  if (full_blocks * per_block < dim) {
+    T tail[per_block];
+    normals_from_block(philox4x32_10(seed, row, static_cast<uint64_t>(full_blocks)), tail);
+    for (int64_t k = full_blocks * per_block; k < dim; ++k) gauss[k] = tail[k - full_blocks * per_block];
+  }
+}
+
+// u = t mu + sqrt(1 - t^2) v, with v the normalized part of a Gaussian vector orthogonal to mu
+// (no rotation matrix, no Householder vector, which is singular when mu lies on an axis).
+template <typename T, typename Out>
+void sample_row(uint64_t seed, uint64_t row, const T* mu, double kappa, double radius, int64_t dim, T* gauss,
+                Out* out) {
+  if (!(kappa >= 0.0) || isinf(kappa)) {  // invalid concentration: a NaN row, never an endless loop
+    for (int64_t k = 0; k < dim; ++k) out[k] = static_cast<Out>(NAN);
+    return;
+  }
+  RowStream stream(seed, row);
+  const Cosine cosine = vmf_cosine_draw(stream, static_cast<double>(dim), kappa);
+  row_normals<T>(seed, row, gauss, dim);
+  const T along = dot_and_sumsq<T, T, T>(mu, gauss, dim).dot;
+  T orth_sumsq[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= dim; k += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const T v = gauss[k + l] - along * mu[k + l];
+      gauss[k + l] = v;
+      orth_sumsq[l] += v * v;
+    }
+  }
+  for (int l = 0; k < dim; ++k, ++l) {
+    const T v = gauss[k] - along * mu[k];
+    gauss[k] = v;
+    orth_sumsq[l] += v * v;
+  }
+  T orth_norm2 = T(0);
+  for (int l = 0; l < kLanes; ++l) orth_norm2 += orth_sumsq[l];
+  const T scale_mu = static_cast<T>(radius * cosine.t);
+  // A zero orthogonal part has probability zero; guard the division all the same.
+  const T scale_orth = orth_norm2 > T(0) ? static_cast<T>(radius * cosine.sine / std::sqrt(static_cast<double>(orth_norm2))) : T(0);
+  for (k = 0; k < dim; ++k) out[k] = static_cast<Out>(scale_mu * mu[k] + scale_orth * gauss[k]);
+}
+
+at::Tensor vmf_sample_cpu(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
+                          double radius, int64_t seed, int64_t offset) {
+  check_sample_args(mean_direction, kappa, labels, radius, offset);
+  const at::Tensor mu = mean_direction.contiguous();
+  const at::Tensor kap = kappa.to(at::kDouble).contiguous();
+  const at::Tensor lab = checked_labels(labels, mu.size(0));
+  const int64_t n = lab.size(0), dim = mu.size(1);
+  at::Tensor out = at::empty({n, dim}, mu.options());
+  if (n == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "vmf_sample_cpu", [&] {
+    const scalar_t* mu_data = mu.data_ptr<scalar_t>();
+    const double* kappa_data = kap.data_ptr<double>();
+    const int64_t* label_data = lab.data_ptr<int64_t>();
+    scalar_t* out_data = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> gauss(static_cast<size_t>(dim));
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t y = label_data[i];
+        sample_row<scalar_t, scalar_t>(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + i),
+                                       mu_data + y * dim, kappa_data[y], radius, dim, gauss.data(),
+                                       out_data + i * dim);
+      }
+    });
+  });
+  return out;
+}
+
+// Calls f(X{}, W{}) with the element types of x and weight (pairs allowed by check_log_prob_args).
+template <typename F>
+void dispatch_x_weight(const at::Tensor& x, const at::Tensor& weight, F&& f) {
+  if (weight.scalar_type() == at::kDouble) return f(double{}, double{});
+  switch (x.scalar_type()) {
+    case at::kFloat: return f(float{}, float{});
+    case at::kHalf: return f(at::Half{}, float{});
+    case at::kBFloat16: return f(at::BFloat16{}, float{});
+    default: TORCH_CHECK(false, "penact: unsupported dtype of x: ", x.scalar_type());
+  }
+}
+
+// log p(x_i | y_i) = log C_D(kappa_y) + r w_y . x_i / ||x_i||: norm and dot in one read of x_i.
+at::Tensor vmf_log_prob_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& log_normalizer,
+                            const at::Tensor& labels, double radius) {
+  check_log_prob_args(x, weight, log_normalizer, &labels, radius);
+  const at::Tensor xc = x.contiguous(), w = weight.contiguous(), lognorm = log_normalizer.contiguous();
+  const at::Tensor lab = checked_labels(labels, w.size(0));
+  const int64_t n = xc.size(0), dim = xc.size(1);
+  at::Tensor out = at::empty({n}, w.options());
+  dispatch_x_weight(xc, w, [&](auto x_tag, auto w_tag) {
+    using X = decltype(x_tag);
+    using W = decltype(w_tag);
+    const X* x_data = xc.data_ptr<X>();
+    const W* w_data = w.data_ptr<W>();
+    const W* lognorm_data = lognorm.data_ptr<W>();
+    const int64_t* label_data = lab.data_ptr<int64_t>();
+    W* out_data = out.data_ptr<W>();
+    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t y = label_data[i];
+        const Dot<W> d = dot_and_sumsq<W, X, W>(w_data + y * dim, x_data + i * dim, dim);
+        out_data[i] = lognorm_data[y] + static_cast<W>(radius) * d.dot / std::sqrt(d.sumsq);
+      }
+    });
+  });
+  return out;
+}
+
+// Backward of vmf_log_prob for x and weight (the log_normalizer's gradient is an index_add in
+// Python). With n = ||x_i|| and g_i the incoming gradient:
+//   dL/dx_i = g_i r (w_y / n - (w_y . x_i) x_i / n^3),     dL/dw_y = sum_{i: y_i = y} g_i r x_i / n.
+// The weight gradient is gathered per class by tasks that own disjoint ranges of classes, so no
+// two threads write one row and no [N, D] intermediate is formed.
+std::tuple<at::Tensor, at::Tensor> vmf_log_prob_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                             const at::Tensor& weight, const at::Tensor& labels,
+                                                             double radius, bool need_x_grad,
+                                                             bool need_weight_grad) {
+  check_log_prob_args(x, weight, weight.select(1, 0), &labels, radius);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0), "penact: grad must have shape [N] = [", x.size(0),
+              "], got ", grad.sizes());
+  const at::Tensor xc = x.contiguous(), w = weight.contiguous();
+  const at::Tensor g = grad.to(w.scalar_type()).contiguous();
+  const at::Tensor lab = checked_labels(labels, w.size(0));
+  const int64_t n = xc.size(0), dim = xc.size(1), num_classes = w.size(0);
+  at::Tensor grad_x = need_x_grad ? at::empty_like(xc) : at::empty({0}, xc.options());
+  at::Tensor grad_w = need_weight_grad ? at::zeros_like(w) : at::empty({0}, w.options());
+  if (n == 0) return {grad_x, grad_w};
+  // Per row: r g_i / n and r g_i (w . x) / n^3, the two coefficients both gradients use.
+  at::Tensor coef = at::empty({n, 2}, w.options());
+  dispatch_x_weight(xc, w, [&](auto x_tag, auto w_tag) {
+    using X = decltype(x_tag);
+    using W = decltype(w_tag);
+    const X* x_data = xc.data_ptr<X>();
+    const W* w_data = w.data_ptr<W>();
+    const W* g_data = g.data_ptr<W>();
+    const int64_t* label_data = lab.data_ptr<int64_t>();
+    W* coef_data = coef.data_ptr<W>();
+    const W r = static_cast<W>(radius);
+    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t y = label_data[i];
+        const X* xi = x_data + i * dim;
+        const W* wy = w_data + y * dim;
+        const Dot<W> d = dot_and_sumsq<W, X, W>(wy, xi, dim);
+        const W inv_norm = W(1) / std::sqrt(d.sumsq);
+        const W along = r * g_data[i] * inv_norm;
+        const W radial = along * d.dot * inv_norm * inv_norm;
+        coef_data[2 * i] = along;
+        coef_data[2 * i + 1] = radial;
+        if (need_x_grad) {
+          X* gx = grad_x.data_ptr<X>() + i * dim;
+          for (int64_t k = 0; k < dim; ++k) gx[k] = static_cast<X>(along * wy[k] - radial * static_cast<W>(xi[k]));
+        }
+      }
+    });
+    if (!need_weight_grad) return;
+    W* gw_data = grad_w.data_ptr<W>();
+    at::parallel_for(0, num_classes, 1, [&](int64_t class_begin, int64_t class_end) {
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t y = label_data[i];
+        if (y < class_begin || y >= class_end) continue;
+        const X* xi = x_data + i * dim;
+        W* gw = gw_data + y * dim;
+        const W along = coef_data[2 * i];
+        for (int64_t k = 0; k < dim; ++k) gw[k] += along * static_cast<W>(xi[k]);
+      }
+    });
+  });
+  return {grad_x, grad_w};
+}
+
+// [N, C] log-densities for every class: one matrix product x W^T (BLAS), then an epilogue that
+// scales row i by r / ||x_i|| and adds log C_D(kappa_c), in place.
+at::Tensor vmf_log_prob_all_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& log_normalizer,
+                                double radius) {
+  check_log_prob_args(x, weight, log_normalizer, nullptr, radius);
+  const at::Tensor w = weight.contiguous(), lognorm = log_normalizer.contiguous();
+  const at::Tensor xw = x.to(w.scalar_type());
+  at::Tensor out = at::mm(xw, w.t());
+  const at::Tensor norms = at::linalg_vector_norm(xw, 2, {1});
+  const int64_t n = out.size(0), num_classes = out.size(1);
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "vmf_log_prob_all_cpu", [&] {
+    scalar_t* out_data = out.data_ptr<scalar_t>();
+    const scalar_t* norm_data = norms.data_ptr<scalar_t>();
+    const scalar_t* lognorm_data = lognorm.data_ptr<scalar_t>();
+    const scalar_t r = static_cast<scalar_t>(radius);
+    at::parallel_for(0, n, row_grain(num_classes), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t scale = r / norm_data[i];
+        scalar_t* row = out_data + i * num_classes;
+        for (int64_t c = 0; c < num_classes; ++c) row[c] = row[c] * scale + lognorm_data[c];
+      }
+    });
+  });
+  return out;
+}
+
+// Elementwise special functions: computed in double whatever the dtype, then rounded once.
+template <typename Fn>
+at::Tensor elementwise_cpu(const at::Tensor& order, const at::Tensor& x, const char* name, Fn fn) {
+  check_elementwise_args(order, x);
+  const at::Tensor xd = x.to(at::kDouble).contiguous();
+  const at::Tensor vd = order.to(at::kDouble).contiguous();
+  at::Tensor out = at::empty(xd.sizes(), xd.options());
+  const double* x_data = xd.data_ptr<double>();
+  const double* v_data = vd.data_ptr<double>();
+  double* out_data = out.data_ptr<double>();
+  at::parallel_for(0, xd.numel(), 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) out_data[i] = fn(v_data[i], x_data[i]);
+  });
+  (void)name;
+  return out.to(x.scalar_type());
+}
+
+at::Tensor log_bessel_iv_cpu(const at::Tensor& order, const at::Tensor& x) {
+  return elementwise_cpu(order, x, "log_bessel_iv", [](double v, double z) { return log_bessel_iv(v, z); });
+}
+
+at::Tensor bessel_iv_ratio_cpu(const at::Tensor& order, const at::Tensor& x) {
+  return elementwise_cpu(order, x, "bessel_iv_ratio", [](double v, double z) { return bessel_iv_ratio(v, z); });
+}
+
+at::Tensor vmf_log_normalizer_cpu(const at::Tensor& kappa, int64_t dim) {
+  check_log_normalizer_args(kappa, dim);
+  const double d = static_cast<double>(dim);
+  return elementwise_cpu(kappa, kappa, "vmf_log_normalizer",
+                         [d](double k, double) { return vmf_log_normalizer(d, k); });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(penact, CPU, m) {
+  m.impl("log_bessel_iv", &log_bessel_iv_cpu);
+  m.impl("bessel_iv_ratio", &bessel_iv_ratio_cpu);
+  m.impl("vmf_log_normalizer", &vmf_log_normalizer_cpu);
+  m.impl("vmf_sample", &vmf_sample_cpu);
+  m.impl("vmf_log_prob", &vmf_log_prob_cpu);
+  m.impl("vmf_log_prob_backward", &vmf_log_prob_backward_cpu);
+  m.impl("vmf_log_prob_all", &vmf_log_prob_all_cpu);
+}
+
+}  // namespace penact

@@ -1,0 +1,29 @@
+// Argument checks shared by the CPU and CUDA implementations of penact's operators. Each check
+// runs once at the operator boundary and names the argument and what was expected.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace penact {
+
+// order: [...], x: [...] of the same shape, floating point, on one device.
+void check_elementwise_args(const at::Tensor& order, const at::Tensor& x);
+
+// kappa: [...] floating point; dim >= 2.
+void check_log_normalizer_args(const at::Tensor& kappa, int64_t dim);
+
+// mean_direction: [C, D], kappa: [C], labels: [N] integer in [0, C), radius > 0, seed, offset >= 0.
+void check_sample_args(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
+                       double radius, int64_t offset);
+
+// x: [N, D], weight: [C, D], log_normalizer: [C], labels: [N] (undefined for the all-classes op).
+void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& log_normalizer,
+                         const at::Tensor* labels, double radius);
+
+// Labels as contiguous int64, after checking their range against num_classes.
+at::Tensor checked_labels(const at::Tensor& labels, int64_t num_classes);
+
+// Rows processed per task so that each task touches about 32K elements.
+inline int64_t row_grain(int64_t row_length) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_length, 1)); }
+
+}  // namespace penact
