@@ -20,6 +20,10 @@ from .base import ClassConditionalDistribution
 
 
 def _check_finite(name: str, t: Tensor) -> None:
+    # A value check is a data-dependent branch, which torch.compile cannot trace: compiled code
+    # skips it (validate the parameters once, outside the compiled function).
+    if torch.compiler.is_compiling():
+        return
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got non-finite values")
 
