@@ -55,6 +55,9 @@ want_cuda = os.environ.get("PENACT_CUDA", "auto")
 toolkit = cuda_toolkit_root(torch.version.cuda) if torch.version.cuda and want_cuda != "0" else None
 if toolkit:
     os.environ["CUDA_HOME"] = toolkit  # read when torch.utils.cpp_extension is imported
+    # Without a visible GPU torch would compile for every architecture it knows; A100 and H100
+    # (plus PTX for newer GPUs) unless the builder says otherwise.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
 elif want_cuda == "1":
     raise RuntimeError("PENACT_CUDA=1 but torch has no CUDA or no CUDA toolkit was found")
 
@@ -63,6 +66,8 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 csrc = os.path.join(ROOT, "csrc")
 sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp")))]
 cxx_flags = ["-O3", "-Wall", "-Wextra", "-fopenmp", "-DAT_PARALLEL_OPENMP"]
+if os.environ.get("CI") == "true":
+    cxx_flags.append("-Werror")  # CI keeps the compiled code warning-free
 extra_link_args = ["-fopenmp"]
 include_dirs = [csrc]
 
