@@ -61,11 +61,14 @@ if toolkit:
 elif want_cuda == "1":
     raise RuntimeError("PENACT_CUDA=1 but torch has no CUDA or no CUDA toolkit was found")
 
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, include_paths  # noqa: E402
 
 csrc = os.path.join(ROOT, "csrc")
 sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp")))]
-cxx_flags = ["-O3", "-Wall", "-Wextra", "-fopenmp", "-DAT_PARALLEL_OPENMP"]
+# torch's headers as system headers: -Wall -Wextra then report our code only (a directory given
+# with both -I and -isystem is searched as a system directory).
+torch_system_includes = [f"-isystem{path}" for path in include_paths("cuda" if toolkit else "cpu")]
+cxx_flags = ["-O3", "-fno-math-errno", "-Wall", "-Wextra", "-fopenmp", "-DAT_PARALLEL_OPENMP"] + torch_system_includes
 if os.environ.get("CI") == "true":
     cxx_flags.append("-Werror")  # CI keeps the compiled code warning-free
 extra_link_args = ["-fopenmp"]

@@ -84,7 +84,7 @@ void check_sample_args(const at::Tensor& mean_direction, const at::Tensor& kappa
   TORCH_CHECK(offset >= 0, "penact: offset must be non-negative, got ", offset);
 }
 
-void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& log_normalizer,
+void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* log_normalizer,
                          const at::Tensor* labels, double radius) {
   TORCH_CHECK(weight.dim() == 2, "penact: weight must have shape [C, D], got ", weight.sizes());
   TORCH_CHECK(is_compute_floating(weight), "penact: weight must be float32 or float64, got ", weight.scalar_type());
@@ -95,12 +95,15 @@ void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at
   TORCH_CHECK(x.scalar_type() == weight.scalar_type() || (reduced_x && weight.scalar_type() == at::kFloat),
               "penact: x must have the dtype of weight (", weight.scalar_type(),
               "), or be float16/bfloat16 with float32 weight; got ", x.scalar_type());
-  TORCH_CHECK(log_normalizer.dim() == 1 && log_normalizer.size(0) == weight.size(0),
-              "penact: log_normalizer must have shape [C] = [", weight.size(0), "], got ", log_normalizer.sizes());
-  TORCH_CHECK(log_normalizer.scalar_type() == weight.scalar_type(), "penact: log_normalizer must have the dtype of weight (",
-              weight.scalar_type(), "), got ", log_normalizer.scalar_type());
   check_same_device(x, "x", weight, "weight");
-  check_same_device(weight, "weight", log_normalizer, "log_normalizer");
+  if (log_normalizer != nullptr) {
+    TORCH_CHECK(log_normalizer->dim() == 1 && log_normalizer->size(0) == weight.size(0),
+                "penact: log_normalizer must have shape [C] = [", weight.size(0), "], got ", log_normalizer->sizes());
+    TORCH_CHECK(log_normalizer->scalar_type() == weight.scalar_type(),
+                "penact: log_normalizer must have the dtype of weight (", weight.scalar_type(), "), got ",
+                log_normalizer->scalar_type());
+    check_same_device(weight, "weight", *log_normalizer, "log_normalizer");
+  }
   if (labels != nullptr) {
     check_same_device(x, "x", *labels, "labels");
     TORCH_CHECK(labels->dim() == 1 && labels->size(0) == x.size(0), "penact: labels must have shape [N] = [",

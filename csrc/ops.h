@@ -16,8 +16,8 @@ void check_log_normalizer_args(const at::Tensor& kappa, int64_t dim);
 void check_sample_args(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
                        double radius, int64_t offset);
 
-// x: [N, D], weight: [C, D], log_normalizer: [C], labels: [N] (undefined for the all-classes op).
-void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& log_normalizer,
+// x: [N, D], weight: [C, D], log_normalizer: [C], labels: [N]; a null pointer skips that argument.
+void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* log_normalizer,
                          const at::Tensor* labels, double radius);
 
 // Labels as contiguous int64, after checking their range against num_classes.

@@ -56,13 +56,13 @@ PENACT_HD float log_positive(float u) {
 // to r in [-pi/4, pi/4], then rotated by the quadrant j.
 PENACT_HD void sincos_turn(float u, float* sine, float* cosine) {
   const float quarter_turns = 4.0f * u;
-  const float j = floorf(quarter_turns + 0.5f);
-  const float r = (quarter_turns - j) * 1.57079632679489662f;
+  const int j = static_cast<int>(quarter_turns + 0.5f);  // rounds to nearest: quarter_turns >= 0
+  const float r = (quarter_turns - static_cast<float>(j)) * 1.57079632679489662f;
   const float z = r * r;
   const float s = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
   const float c = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z -
                   0.5f * z + 1.0f;
-  const int quadrant = static_cast<int>(j) & 3;
+  const int quadrant = j & 3;
   const float sin_q = (quadrant == 0) ? s : (quadrant == 1) ? c : (quadrant == 2) ? -s : -c;
   const float cos_q = (quadrant == 0) ? c : (quadrant == 1) ? -s : (quadrant == 2) ? -c : s;
   *sine = sin_q;

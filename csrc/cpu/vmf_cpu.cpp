@@ -16,86 +16,98 @@
 namespace penact {
 namespace {
 
-constexpr int kLanes = 16;  // independent accumulators: enough for AVX-512 float and hides FMA latency
-
 template <typename T>
 struct Dot {
   T dot, sumsq;  // a . b and ||b||^2
 };
 
-// a . b and b . b in one read of b (a is a cached weight row, b a row of x).
+// a . b and b . b in one read of b (a is a cached weight row, b a row of x). `omp simd` lets the
+// compiler reassociate the sums into vector accumulators.
 template <typename W, typename X, typename Acc>
 Dot<Acc> dot_and_sumsq(const W* a, const X* b, int64_t n) {
-  Acc dot[kLanes] = {}, sumsq[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const Acc bv = static_cast<Acc>(b[k + l]);
-      dot[l] += static_cast<Acc>(a[k + l]) * bv;
-      sumsq[l] += bv * bv;
-    }
-  }
-  for (int l = 0; k < n; ++k, ++l) {
+  Acc dot = Acc(0), sumsq = Acc(0);
+#pragma omp simd reduction(+ : dot, sumsq)
+  for (int64_t k = 0; k < n; ++k) {
     const Acc bv = static_cast<Acc>(b[k]);
-    dot[l] += static_cast<Acc>(a[k]) * bv;
-    sumsq[l] += bv * bv;
+    dot += static_cast<Acc>(a[k]) * bv;
+    sumsq += bv * bv;
   }
-  Dot<Acc> out{Acc(0), Acc(0)};
-  for (int l = 0; l < kLanes; ++l) {
-    out.dot += dot[l];
-    out.sumsq += sumsq[l];
-  }
-  return out;
+  return {dot, sumsq};
 }
+
+// One build runs fast on every x86-64 CPU: the compiler emits AVX-512, AVX2 and baseline copies
+// of the hot loops and the loader picks one for the CPU at hand; flatten inlines the loops
+// into each copy so that they are compiled for its instruction set.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define PENACT_CPU_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
+#else
+#define PENACT_CPU_DISPATCH
+#endif
+
+// Philox blocks generated per batch: lane loops of this width vectorize across blocks.
+constexpr int kBlocksPerBatch = 16;
 
 // The Gaussian vector of one row: normals 0 .. D-1 of the row's stream (see core/normals.h).
 template <typename T>
 void row_normals(uint64_t seed, uint64_t row, T* gauss, int64_t dim) {
   constexpr int per_block = NormalsPerBlock<T>::value;
-  const int64_t full_blocks = dim / per_block;
-  for (int64_t j = 0; j < full_blocks; ++j) {
-    normals_from_block(philox4x32_10(seed, row, static_cast<uint64_t>(j)), gauss + j * per_block);
-  }
-  if (full_blocks * per_block < dim) {
-    T tail[per_block];
-    normals_from_block(philox4x32_10(seed, row, static_cast<uint64_t>(full_blocks)), tail);
-    for (int64_t k = full_blocks * per_block; k < dim; ++k) gauss[k] = tail[k - full_blocks * per_block];
+  const int64_t blocks = (dim + per_block - 1) / per_block;
+  for (int64_t first = 0; first < blocks; first += kBlocksPerBatch) {
+    T batch[kBlocksPerBatch * per_block];
+    for (int l = 0; l < kBlocksPerBatch; ++l) {
+      normals_from_block(philox4x32_10(seed, row, static_cast<uint64_t>(first + l)), batch + l * per_block);
+    }
+    const int64_t count = std::min<int64_t>(kBlocksPerBatch * per_block, dim - first * per_block);
+    for (int64_t k = 0; k < count; ++k) gauss[first * per_block + k] = batch[k];
   }
 }
 
 // u = t mu + sqrt(1 - t^2) v, with v the normalized part of a Gaussian vector orthogonal to mu
 // (no rotation matrix, no Householder vector, which is singular when mu lies on an axis).
-template <typename T, typename Out>
+template <typename T>
 void sample_row(uint64_t seed, uint64_t row, const T* mu, double kappa, double radius, int64_t dim, T* gauss,
-                Out* out) {
+                T* out) {
   if (!(kappa >= 0.0) || isinf(kappa)) {  // invalid concentration: a NaN row, never an endless loop
-    for (int64_t k = 0; k < dim; ++k) out[k] = static_cast<Out>(NAN);
+    for (int64_t k = 0; k < dim; ++k) out[k] = static_cast<T>(NAN);
     return;
   }
   RowStream stream(seed, row);
   const Cosine cosine = vmf_cosine_draw(stream, static_cast<double>(dim), kappa);
   row_normals<T>(seed, row, gauss, dim);
   const T along = dot_and_sumsq<T, T, T>(mu, gauss, dim).dot;
-  T orth_sumsq[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= dim; k += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const T v = gauss[k + l] - along * mu[k + l];
-      gauss[k + l] = v;
-      orth_sumsq[l] += v * v;
-    }
-  }
-  for (int l = 0; k < dim; ++k, ++l) {
+  T orth_norm2 = T(0);
+#pragma omp simd reduction(+ : orth_norm2)
+  for (int64_t k = 0; k < dim; ++k) {
     const T v = gauss[k] - along * mu[k];
     gauss[k] = v;
-    orth_sumsq[l] += v * v;
+    orth_norm2 += v * v;
   }
-  T orth_norm2 = T(0);
-  for (int l = 0; l < kLanes; ++l) orth_norm2 += orth_sumsq[l];
   const T scale_mu = static_cast<T>(radius * cosine.t);
   // A zero orthogonal part has probability zero; guard the division all the same.
-  const T scale_orth = orth_norm2 > T(0) ? static_cast<T>(radius * cosine.sine / std::sqrt(static_cast<double>(orth_norm2))) : T(0);
-  for (k = 0; k < dim; ++k) out[k] = static_cast<Out>(scale_mu * mu[k] + scale_orth * gauss[k]);
+  const T scale_orth =
+      orth_norm2 > T(0) ? static_cast<T>(radius * cosine.sine / std::sqrt(static_cast<double>(orth_norm2))) : T(0);
+  for (int64_t k = 0; k < dim; ++k) out[k] = scale_mu * mu[k] + scale_orth * gauss[k];
+}
+
+template <typename T>
+struct SampleArgs {
+  const T* mean_direction;  // [C, D]
+  const double* kappa;      // [C]
+  const int64_t* labels;    // [N]
+  T* out;                   // [N, D]
+  int64_t dim;
+  double radius;
+  uint64_t seed, offset;
+};
+
+template <typename T>
+PENACT_CPU_DISPATCH void sample_rows(const SampleArgs<T>& args, int64_t begin, int64_t end) {
+  std::vector<T> gauss(static_cast<size_t>(args.dim));
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t y = args.labels[i];
+    sample_row<T>(args.seed, args.offset + static_cast<uint64_t>(i), args.mean_direction + y * args.dim,
+                  args.kappa[y], args.radius, args.dim, gauss.data(), args.out + i * args.dim);
+  }
 }
 
 at::Tensor vmf_sample_cpu(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
@@ -108,19 +120,10 @@ at::Tensor vmf_sample_cpu(const at::Tensor& mean_direction, const at::Tensor& ka
   at::Tensor out = at::empty({n, dim}, mu.options());
   if (n == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "vmf_sample_cpu", [&] {
-    const scalar_t* mu_data = mu.data_ptr<scalar_t>();
-    const double* kappa_data = kap.data_ptr<double>();
-    const int64_t* label_data = lab.data_ptr<int64_t>();
-    scalar_t* out_data = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> gauss(static_cast<size_t>(dim));
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t y = label_data[i];
-        sample_row<scalar_t, scalar_t>(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + i),
-                                       mu_data + y * dim, kappa_data[y], radius, dim, gauss.data(),
-                                       out_data + i * dim);
-      }
-    });
+    const SampleArgs<scalar_t> args{mu.data_ptr<scalar_t>(), kap.data_ptr<double>(), lab.data_ptr<int64_t>(),
+                                    out.data_ptr<scalar_t>(),  dim, radius, static_cast<uint64_t>(seed),
+                                    static_cast<uint64_t>(offset)};
+    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) { sample_rows(args, begin, end); });
   });
   return out;
 }
@@ -138,9 +141,27 @@ void dispatch_x_weight(const at::Tensor& x, const at::Tensor& weight, F&& f) {
 }
 
 // log p(x_i | y_i) = log C_D(kappa_y) + r w_y . x_i / ||x_i||: norm and dot in one read of x_i.
+template <typename X, typename W>
+PENACT_CPU_DISPATCH void log_prob_row_range(const X* x, const W* weight, const W* log_normalizer, const int64_t* labels,
+                                            W radius, int64_t dim, W* out, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t y = labels[i];
+    const Dot<W> d = dot_and_sumsq<W, X, W>(weight + y * dim, x + i * dim, dim);
+    out[i] = log_normalizer[y] + radius * d.dot / std::sqrt(d.sumsq);
+  }
+}
+
+template <typename X, typename W>
+void log_prob_rows(const X* x, const W* weight, const W* log_normalizer, const int64_t* labels, W radius, int64_t dim,
+                   W* out, int64_t n) {
+  at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) {
+    log_prob_row_range<X, W>(x, weight, log_normalizer, labels, radius, dim, out, begin, end);
+  });
+}
+
 at::Tensor vmf_log_prob_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& log_normalizer,
                             const at::Tensor& labels, double radius) {
-  check_log_prob_args(x, weight, log_normalizer, &labels, radius);
+  check_log_prob_args(x, weight, &log_normalizer, &labels, radius);
   const at::Tensor xc = x.contiguous(), w = weight.contiguous(), lognorm = log_normalizer.contiguous();
   const at::Tensor lab = checked_labels(labels, w.size(0));
   const int64_t n = xc.size(0), dim = xc.size(1);
@@ -148,18 +169,8 @@ at::Tensor vmf_log_prob_cpu(const at::Tensor& x, const at::Tensor& weight, const
   dispatch_x_weight(xc, w, [&](auto x_tag, auto w_tag) {
     using X = decltype(x_tag);
     using W = decltype(w_tag);
-    const X* x_data = xc.data_ptr<X>();
-    const W* w_data = w.data_ptr<W>();
-    const W* lognorm_data = lognorm.data_ptr<W>();
-    const int64_t* label_data = lab.data_ptr<int64_t>();
-    W* out_data = out.data_ptr<W>();
-    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t y = label_data[i];
-        const Dot<W> d = dot_and_sumsq<W, X, W>(w_data + y * dim, x_data + i * dim, dim);
-        out_data[i] = lognorm_data[y] + static_cast<W>(radius) * d.dot / std::sqrt(d.sumsq);
-      }
-    });
+    log_prob_rows<X, W>(xc.data_ptr<X>(), w.data_ptr<W>(), lognorm.data_ptr<W>(), lab.data_ptr<int64_t>(),
+                        static_cast<W>(radius), dim, out.data_ptr<W>(), n);
   });
   return out;
 }
@@ -169,11 +180,54 @@ at::Tensor vmf_log_prob_cpu(const at::Tensor& x, const at::Tensor& weight, const
 //   dL/dx_i = g_i r (w_y / n - (w_y . x_i) x_i / n^3),     dL/dw_y = sum_{i: y_i = y} g_i r x_i / n.
 // The weight gradient is gathered per class by tasks that own disjoint ranges of classes, so no
 // two threads write one row and no [N, D] intermediate is formed.
+template <typename X, typename W>
+struct LogProbBackwardArgs {
+  const X* x;              // [N, D]
+  const W* weight;         // [C, D]
+  const W* grad;           // [N]
+  const int64_t* labels;   // [N]
+  W* coefficients;         // [N, 2]: r g_i / n and r g_i (w . x) / n^3, shared by both gradients
+  X* grad_x;               // [N, D] or null
+  W* grad_weight;          // [C, D] zero-filled, or null
+  W radius;
+  int64_t n, dim;
+};
+
+template <typename X, typename W>
+PENACT_CPU_DISPATCH void log_prob_backward_rows(const LogProbBackwardArgs<X, W>& a, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const X* xi = a.x + i * a.dim;
+    const W* wy = a.weight + a.labels[i] * a.dim;
+    const Dot<W> d = dot_and_sumsq<W, X, W>(wy, xi, a.dim);
+    const W inv_norm = W(1) / std::sqrt(d.sumsq);
+    const W along = a.radius * a.grad[i] * inv_norm;
+    const W radial = along * d.dot * inv_norm * inv_norm;
+    a.coefficients[2 * i] = along;
+    a.coefficients[2 * i + 1] = radial;
+    if (a.grad_x == nullptr) continue;
+    X* gx = a.grad_x + i * a.dim;
+    for (int64_t k = 0; k < a.dim; ++k) gx[k] = static_cast<X>(along * wy[k] - radial * static_cast<W>(xi[k]));
+  }
+}
+
+template <typename X, typename W>
+PENACT_CPU_DISPATCH void log_prob_backward_classes(const LogProbBackwardArgs<X, W>& a, int64_t class_begin,
+                                                   int64_t class_end) {
+  for (int64_t i = 0; i < a.n; ++i) {
+    const int64_t y = a.labels[i];
+    if (y < class_begin || y >= class_end) continue;
+    const X* xi = a.x + i * a.dim;
+    W* gw = a.grad_weight + y * a.dim;
+    const W along = a.coefficients[2 * i];
+    for (int64_t k = 0; k < a.dim; ++k) gw[k] += along * static_cast<W>(xi[k]);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> vmf_log_prob_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
                                                              const at::Tensor& weight, const at::Tensor& labels,
                                                              double radius, bool need_x_grad,
                                                              bool need_weight_grad) {
-  check_log_prob_args(x, weight, weight.select(1, 0), &labels, radius);
+  check_log_prob_args(x, weight, nullptr, &labels, radius);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0), "penact: grad must have shape [N] = [", x.size(0),
               "], got ", grad.sizes());
   const at::Tensor xc = x.contiguous(), w = weight.contiguous();
@@ -183,46 +237,18 @@ std::tuple<at::Tensor, at::Tensor> vmf_log_prob_backward_cpu(const at::Tensor& g
   at::Tensor grad_x = need_x_grad ? at::empty_like(xc) : at::empty({0}, xc.options());
   at::Tensor grad_w = need_weight_grad ? at::zeros_like(w) : at::empty({0}, w.options());
   if (n == 0) return {grad_x, grad_w};
-  // Per row: r g_i / n and r g_i (w . x) / n^3, the two coefficients both gradients use.
-  at::Tensor coef = at::empty({n, 2}, w.options());
+  at::Tensor coefficients = at::empty({n, 2}, w.options());
   dispatch_x_weight(xc, w, [&](auto x_tag, auto w_tag) {
     using X = decltype(x_tag);
     using W = decltype(w_tag);
-    const X* x_data = xc.data_ptr<X>();
-    const W* w_data = w.data_ptr<W>();
-    const W* g_data = g.data_ptr<W>();
-    const int64_t* label_data = lab.data_ptr<int64_t>();
-    W* coef_data = coef.data_ptr<W>();
-    const W r = static_cast<W>(radius);
-    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t y = label_data[i];
-        const X* xi = x_data + i * dim;
-        const W* wy = w_data + y * dim;
-        const Dot<W> d = dot_and_sumsq<W, X, W>(wy, xi, dim);
-        const W inv_norm = W(1) / std::sqrt(d.sumsq);
-        const W along = r * g_data[i] * inv_norm;
-        const W radial = along * d.dot * inv_norm * inv_norm;
-        coef_data[2 * i] = along;
-        coef_data[2 * i + 1] = radial;
-        if (need_x_grad) {
-          X* gx = grad_x.data_ptr<X>() + i * dim;
-          for (int64_t k = 0; k < dim; ++k) gx[k] = static_cast<X>(along * wy[k] - radial * static_cast<W>(xi[k]));
-        }
-      }
-    });
-    if (!need_weight_grad) return;
-    W* gw_data = grad_w.data_ptr<W>();
-    at::parallel_for(0, num_classes, 1, [&](int64_t class_begin, int64_t class_end) {
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t y = label_data[i];
-        if (y < class_begin || y >= class_end) continue;
-        const X* xi = x_data + i * dim;
-        W* gw = gw_data + y * dim;
-        const W along = coef_data[2 * i];
-        for (int64_t k = 0; k < dim; ++k) gw[k] += along * static_cast<W>(xi[k]);
-      }
-    });
+    const LogProbBackwardArgs<X, W> args{xc.data_ptr<X>(), w.data_ptr<W>(), g.data_ptr<W>(), lab.data_ptr<int64_t>(),
+                                         coefficients.data_ptr<W>(), need_x_grad ? grad_x.data_ptr<X>() : nullptr,
+                                         need_weight_grad ? grad_w.data_ptr<W>() : nullptr, static_cast<W>(radius),
+                                         n, dim};
+    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) { log_prob_backward_rows(args, begin, end); });
+    if (need_weight_grad) {
+      at::parallel_for(0, num_classes, 1, [&](int64_t begin, int64_t end) { log_prob_backward_classes(args, begin, end); });
+    }
   });
   return {grad_x, grad_w};
 }
@@ -231,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor> vmf_log_prob_backward_cpu(const at::Tensor& g
 // scales row i by r / ||x_i|| and adds log C_D(kappa_c), in place.
 at::Tensor vmf_log_prob_all_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& log_normalizer,
                                 double radius) {
-  check_log_prob_args(x, weight, log_normalizer, nullptr, radius);
+  check_log_prob_args(x, weight, &log_normalizer, nullptr, radius);
   const at::Tensor w = weight.contiguous(), lognorm = log_normalizer.contiguous();
   const at::Tensor xw = x.to(w.scalar_type());
   at::Tensor out = at::mm(xw, w.t());
