@@ -253,26 +253,44 @@ std::tuple<at::Tensor, at::Tensor> vmf_log_prob_backward_cpu(const at::Tensor& g
   return {grad_x, grad_w};
 }
 
-// [N, C] log-densities for every class: one matrix product x W^T (BLAS), then an epilogue that
-// scales row i by r / ||x_i|| and adds log C_D(kappa_c), in place.
+// [N, C] log-densities for every class: x W^T by BLAS, then an epilogue that scales row i by
+// r / ||x_i|| and adds log C_D(kappa_c). Tasks take blocks of rows small enough to stay in cache
+// (kRowsPerBlock x D), so the norm pass, the product and the epilogue read x from memory once.
+constexpr int64_t kRowsPerBlock = 256;
+
+template <typename T>
+PENACT_CPU_DISPATCH void scale_rows_add(T* out, const T* x, const T* log_normalizer, T radius, int64_t rows,
+                                        int64_t dim, int64_t num_classes) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T sumsq = T(0);
+    const T* xi = x + i * dim;
+#pragma omp simd reduction(+ : sumsq)
+    for (int64_t k = 0; k < dim; ++k) sumsq += xi[k] * xi[k];
+    const T scale = radius / std::sqrt(sumsq);
+    T* row = out + i * num_classes;
+#pragma omp simd
+    for (int64_t c = 0; c < num_classes; ++c) row[c] = row[c] * scale + log_normalizer[c];
+  }
+}
+
 at::Tensor vmf_log_prob_all_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& log_normalizer,
                                 double radius) {
   check_log_prob_args(x, weight, &log_normalizer, nullptr, radius);
   const at::Tensor w = weight.contiguous(), lognorm = log_normalizer.contiguous();
-  const at::Tensor xw = x.to(w.scalar_type());
-  at::Tensor out = at::mm(xw, w.t());
-  const at::Tensor norms = at::linalg_vector_norm(xw, 2, {1});
-  const int64_t n = out.size(0), num_classes = out.size(1);
+  const at::Tensor xw = x.to(w.scalar_type()).contiguous();
+  const int64_t n = xw.size(0), dim = xw.size(1), num_classes = w.size(0);
+  at::Tensor out = at::empty({n, num_classes}, w.options());
+  const at::Tensor weight_t = w.t();
+  const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "vmf_log_prob_all_cpu", [&] {
-    scalar_t* out_data = out.data_ptr<scalar_t>();
-    const scalar_t* norm_data = norms.data_ptr<scalar_t>();
-    const scalar_t* lognorm_data = lognorm.data_ptr<scalar_t>();
     const scalar_t r = static_cast<scalar_t>(radius);
-    at::parallel_for(0, n, row_grain(num_classes), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t scale = r / norm_data[i];
-        scalar_t* row = out_data + i * num_classes;
-        for (int64_t c = 0; c < num_classes; ++c) row[c] = row[c] * scale + lognorm_data[c];
+    at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+      for (int64_t block = block_begin; block < block_end; ++block) {
+        const int64_t begin = block * kRowsPerBlock, rows = std::min(kRowsPerBlock, n - begin);
+        at::Tensor out_block = out.narrow(0, begin, rows);
+        at::mm_out(out_block, xw.narrow(0, begin, rows), weight_t);  // single-threaded inside a task
+        scale_rows_add<scalar_t>(out_block.data_ptr<scalar_t>(), xw.data_ptr<scalar_t>() + begin * dim,
+                                 lognorm.data_ptr<scalar_t>(), r, rows, dim, num_classes);
       }
     });
   });
