@@ -11,6 +11,7 @@ import sys
 
 SUBCOMMANDS = {
     "demo": "penact.demo",
+    "distill": "penact.distill.cli",
 }
 
 

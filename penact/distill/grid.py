@@ -1,0 +1,292 @@
+"""The distillation benchmark on digits: method x transfer set x seed, and its report.
+
+Per seed: a teacher CNN is trained with cross-entropy on the training split, the chosen family is
+fitted to its training activations (the distribution travels with the teacher: the student never
+sees labelled data), then for every transfer set and method a student starting from the same
+initialization is distilled and evaluated on the clean test split. A method without a data
+source (``kd`` or ``weighted`` with no transfer data) is reported as n/a.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+
+import penact
+from ..base import ClassConditionalDistribution
+from ..data import load_digits_split
+from ..models import accuracy, student_cnn, teacher_cnn, train_classifier
+from .trainer import DistillConfig, Distiller, stream_seed, distributed_context, parse_method
+from .transfer import transfer_images
+
+FAMILIES = {"sphere": "PenultimateDistribution", "rectified": "RectifiedDistribution"}
+TARGETS = {"partial": 0.90, "none": 0.90}
+CORRUPTED_MARGIN = 0.03
+
+
+def fit_distribution(family: str, teacher: torch.nn.Module, images: torch.Tensor,
+                     labels: torch.Tensor) -> ClassConditionalDistribution:
+    """``penact.<Family>.fit(teacher.fc, activations, labels)`` on the teacher's activations of
+    ``images`` (the sphere family fits its radius by maximum likelihood)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {tuple(FAMILIES)}, got {family!r}")
+    family_class = getattr(penact, FAMILIES[family], None)
+    if family_class is None:
+        raise ValueError(f"family {family!r} needs penact.{FAMILIES[family]}, which this build does not provide")
+    with torch.no_grad():
+        activations = teacher.features(images)
+    return family_class.fit(teacher.fc, activations, labels)
+
+
+def _broadcast_module(module: torch.nn.Module) -> None:
+    for tensor in module.state_dict().values():
+        torch_dist.broadcast(tensor, src=0)
+
+
+def prepare_teacher(seed: int, epochs: int, cache_dir: Path | None = None) -> torch.nn.Module:
+    """The seed's teacher: loaded from ``cache_dir`` if saved there, else trained (identically on
+    every rank, then broadcast from rank 0 so that all ranks hold the same bits) and saved."""
+    rank, world_size = distributed_context()
+    data = load_digits_split()
+    torch.manual_seed(stream_seed(seed, "teacher"))
+    teacher = teacher_cnn(num_classes=data.num_classes)
+    path = cache_dir / f"teacher-seed{seed}-epochs{epochs}.pt" if cache_dir is not None else None
+    if path is not None and path.exists():
+        teacher.load_state_dict(torch.load(path, weights_only=True))
+        return teacher.eval()
+    train_classifier(teacher, data.train_images, data.train_labels, epochs, seed=seed, progress=False)
+    if world_size > 1:
+        _broadcast_module(teacher)
+    if path is not None and rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(teacher.state_dict(), path)
+    return teacher.eval()
+
+
+@dataclass
+class CellResult:
+    method: str
+    transfer: str
+    seed: int
+    student_accuracy: float
+    teacher_accuracy: float
+    teacher_transfer_accuracy: float | None  # the teacher on the transfer images with their true labels
+    timings: dict
+
+
+def run_cell(method: str, transfer: str, seed: int, config: DistillConfig, teacher: torch.nn.Module,
+             distribution: ClassConditionalDistribution, severity: float,
+             checkpoint_dir: Path | None = None) -> CellResult:
+    """Distils one student for ``(method, transfer, seed)`` and evaluates it on the test split."""
+    data = load_digits_split()
+    images = transfer_images(transfer, data, severity=severity, seed=seed)
+    torch.manual_seed(stream_seed(seed, "student"))
+    student = student_cnn(num_classes=data.num_classes)
+    checkpoint = checkpoint_dir / "runs" / f"{method}__{transfer}__seed{seed}.pt" if checkpoint_dir else None
+    distiller = Distiller(teacher, student, distribution, images, replace(config, method=method, seed=seed),
+                          image_shape=tuple(data.train_images.shape[1:]), checkpoint_path=checkpoint)
+    distiller.load_checkpoint()
+    distiller.train()
+    transfer_accuracy = None
+    if images.shape[0] and transfer != "partial":
+        transfer_accuracy = accuracy(teacher, images, data.train_labels)
+    return CellResult(method, transfer, seed, distiller.evaluate(data.test_images, data.test_labels),
+                      accuracy(teacher, data.test_images, data.test_labels), transfer_accuracy, asdict(distiller.timings))
+
+
+def has_data_source(method: str, transfer: str) -> bool:
+    return transfer != "none" or "synth" in parse_method(method)
+
+
+def run_grid(methods: list[str], transfers: list[str], seeds: list[int], config: DistillConfig, *,
+             teacher_epochs: int = 20, severity: float = 3.0, family: str = "sphere",
+             checkpoint_dir: Path | None = None, progress: bool = True) -> list[CellResult]:
+    """Every ``(seed, transfer, method)`` with a data source. With ``checkpoint_dir``, teachers,
+    finished cells and running cells are saved there, and a rerun skips or resumes them."""
+    from tqdm.auto import tqdm
+
+    rank, world_size = distributed_context()
+    data = load_digits_split()
+    cells = [(seed, transfer, method) for seed in seeds for transfer in transfers for method in methods
+             if has_data_source(method, transfer)]
+    results = []
+    bar = tqdm(total=len(cells), desc="distill grid", unit="run", disable=not progress or rank != 0)
+    teachers: dict[int, tuple] = {}
+    for seed, transfer, method in cells:
+        bar.set_postfix_str(f"seed {seed} {transfer} {method}")
+        done = checkpoint_dir / "cells" / f"{method}__{transfer}__seed{seed}.json" if checkpoint_dir else None
+        if done is not None and done.exists():
+            results.append(CellResult(**json.loads(done.read_text())))
+        else:
+            if seed not in teachers:
+                teacher = prepare_teacher(seed, teacher_epochs, checkpoint_dir)
+                teachers = {seed: (teacher, fit_distribution(family, teacher, data.train_images, data.train_labels))}
+            result = run_cell(method, transfer, seed, config, *teachers[seed], severity, checkpoint_dir)
+            results.append(result)
+            if done is not None and rank == 0:
+                done.parent.mkdir(parents=True, exist_ok=True)
+                done.write_text(json.dumps(asdict(result)))
+            if world_size > 1:
+                torch_dist.barrier()
+        bar.update(1)
+        bar.set_postfix_str(f"last {100 * results[-1].student_accuracy:.1f}%")
+    bar.close()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The report.
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(results: list[CellResult], methods: list[str], transfers: list[str]) -> dict:
+    """Means and standard deviations (over seeds) per ``(transfer, method)``, the teacher's, the
+    timing shares per method, and the verdict on each target."""
+    table = {}
+    for transfer in transfers:
+        for method in methods:
+            accuracies = [r.student_accuracy for r in results if (r.transfer, r.method) == (transfer, method)]
+            if accuracies:
+                mean, std = _mean_std(accuracies)
+                table[f"{transfer}/{method}"] = {"mean": mean, "std": std, "seeds": accuracies}
+    teacher_by_seed = {r.seed: r.teacher_accuracy for r in results}
+    teacher_mean, teacher_std = _mean_std(list(teacher_by_seed.values()))
+    shift = {}
+    for transfer in transfers:
+        values = {r.seed: r.teacher_transfer_accuracy for r in results
+                  if r.transfer == transfer and r.teacher_transfer_accuracy is not None}
+        if values:
+            shift[transfer] = _mean_std(list(values.values()))
+    timing = {}
+    for method in methods:
+        runs = [r.timings for r in results if r.method == method]
+        if runs:
+            total = sum(t["total"] for t in runs)
+            timing[method] = {"seconds_per_run": total / len(runs),
+                              **{key: sum(t[key] for t in runs) / total for key in ("synthesis", "sampler", "log_density")}}
+    return {"table": table, "teacher": {"mean": teacher_mean, "std": teacher_std, "seeds": teacher_by_seed},
+            "teacher_on_transfer": shift, "timing_shares": timing,
+            "targets": _targets(table, methods)}
+
+
+def _targets(table: dict, methods: list[str]) -> list[dict]:
+    def best(transfer: str):
+        candidates = [(table[f"{transfer}/{m}"]["mean"], m) for m in methods
+                      if m != "kd" and f"{transfer}/{m}" in table]
+        return max(candidates) if candidates else None
+
+    def kd(transfer: str):
+        return table.get(f"{transfer}/kd", {}).get("mean")
+
+    verdicts = []
+    for transfer, threshold in TARGETS.items():
+        found = best(transfer)
+        if found:
+            verdicts.append({"target": f"{transfer}: best penact method >= {100 * threshold:.0f}%",
+                             "measured": f"{found[1]} {100 * found[0]:.2f}%", "met": found[0] >= threshold})
+    found, baseline = best("corrupted"), kd("corrupted")
+    if found and baseline is not None:
+        verdicts.append({"target": f"corrupted: best penact method >= kd + {100 * CORRUPTED_MARGIN:.0f} points",
+                         "measured": f"{found[1]} {100 * found[0]:.2f}% vs kd {100 * baseline:.2f}% "
+                                     f"({100 * (found[0] - baseline):+.2f})",
+                         "met": found[0] - baseline >= CORRUPTED_MARGIN})
+    baseline = kd("in-domain")
+    if baseline is not None:
+        for method in methods:
+            key = f"in-domain/{method}"
+            if method != "kd" and key in table:
+                difference = table[key]["mean"] - baseline
+                # "No worse" within the seed-to-seed noise of the two means.
+                noise = math.hypot(table[key]["std"], table["in-domain/kd"]["std"]) / math.sqrt(len(table[key]["seeds"]))
+                verdicts.append({"target": f"in-domain: {method} no worse than kd",
+                                 "measured": f"{100 * table[key]['mean']:.2f}% vs kd {100 * baseline:.2f}% "
+                                             f"({100 * difference:+.2f}, noise {100 * noise:.2f})",
+                                 "met": difference >= -noise})
+    return verdicts
+
+
+def write_report(summary: dict, methods: list[str], transfers: list[str], out_dir: Path, name: str,
+                 command: str, settings: dict) -> list[Path]:
+    """Writes ``<name>.md``, ``<name>.json`` and ``<name>.png`` (grouped bars, error bars = std)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.md", out_dir / f"{name}.json", out_dir / f"{name}.png"]
+    payload = {"command": command, "date": datetime.date.today().isoformat(), "settings": settings, **summary}
+    paths[1].write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    _plot(summary, methods, transfers, paths[2])
+    paths[0].write_text(_markdown(summary, methods, transfers, command, settings, paths[2].name))
+    return paths
+
+
+def _percent(entry: dict | None) -> str:
+    return "n/a" if entry is None else f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
+
+
+def _markdown(summary: dict, methods: list[str], transfers: list[str], command: str, settings: dict,
+              image: str) -> str:
+    table, teacher = summary["table"], summary["teacher"]
+    seeds = len(teacher["seeds"])
+    lines = [
+        f"# Distillation on digits: student accuracy (%) on the clean test split, mean ± std over {seeds} seeds",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Settings: " + ", ".join(f"{key}={value}" for key, value in settings.items()),
+        "",
+        "| transfer set | teacher | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for transfer in transfers:
+        cells = [_percent(table.get(f"{transfer}/{method}")) for method in methods]
+        lines.append(f"| {transfer} | {_percent(teacher)} | " + " | ".join(cells) + " |")
+    lines += ["", f"![student accuracy by method and transfer set]({image})", ""]
+    if summary["teacher_on_transfer"]:
+        lines.append("The teacher's own accuracy on the transfer images (true labels): " + ", ".join(
+            f"{transfer} {100 * mean:.1f} ± {100 * std:.1f}%" for transfer, (mean, std) in summary["teacher_on_transfer"].items()))
+        lines.append("")
+    lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for verdict in summary["targets"]:
+        lines.append(f"| {verdict['target']} | {verdict['measured']} | {'yes' if verdict['met'] else '**no**'} |")
+    lines += ["", "## Where the time goes (share of the training run, pool synthesis included)", "",
+              "| method | seconds per run | pool synthesis | sampler | log-density |", "|---|---|---|---|---|"]
+    for method, shares in summary["timing_shares"].items():
+        lines.append(f"| {method} | {shares['seconds_per_run']:.1f} | {100 * shares['synthesis']:.1f}% "
+                     f"| {100 * shares['sampler']:.3f}% | {100 * shares['log_density']:.3f}% |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _plot(summary: dict, methods: list[str], transfers: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summary["table"]
+    width = 0.8 / len(methods)
+    figure, axis = plt.subplots(figsize=(1.8 + 1.6 * len(transfers), 4.2))
+    for index, method in enumerate(methods):
+        positions, means, stds = [], [], []
+        for column, transfer in enumerate(transfers):
+            entry = table.get(f"{transfer}/{method}")
+            if entry is not None:
+                positions.append(column - 0.4 + (index + 0.5) * width)
+                means.append(100 * entry["mean"])
+                stds.append(100 * entry["std"])
+        axis.bar(positions, means, width, yerr=stds, capsize=2, label=method)
+    axis.axhline(100 * summary["teacher"]["mean"], color="k", linestyle="--", linewidth=1, label="teacher")
+    axis.set_xticks(range(len(transfers)), transfers)
+    axis.set_ylabel("student test accuracy (%)")
+    axis.set_ylim(0, 100)
+    axis.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

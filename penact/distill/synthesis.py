@@ -1,0 +1,77 @@
+"""Turning sampled penultimate activations back into inputs (SPEC section 6).
+
+Given target activations ``a_i ~ p(a | y_i)`` drawn from the teacher's distribution, find images
+``x_i = sigmoid(z_i)`` (pixels in ``(0, 1)``) that minimize
+
+    match(f_T(x_i), a_i) + tv_weight * TV(x_i) + l2_weight * mean(x_i^2)
+
+with Adam on ``z`` from ``z ~ N(0, 1)``, where ``f_T`` is the teacher's penultimate map and
+``TV`` the mean absolute difference of neighbouring pixels (the light image prior). ``match`` is
+
+- ``"cosine"``: ``1 - cos(f_T(x), a)``, for the sphere family (its samples are directions);
+- ``"mse"``: ``||f_T(x) - a||^2 / D``, for families whose samples live where activations live
+  (the rectified family);
+- ``"log_prob"``: ``-log p(f_T(x) | y) / D``, the negative log-density of the class itself
+  (no target sample: pulls every ``x`` toward the class's mode).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..base import ClassConditionalDistribution
+from ..distribution import PenultimateDistribution
+
+MATCH_LOSSES = ("auto", "cosine", "mse", "log_prob")
+
+
+def resolve_match(match: str, distribution: ClassConditionalDistribution) -> str:
+    """``"auto"`` is ``"cosine"`` for the sphere family and ``"mse"`` for any other family."""
+    if match not in MATCH_LOSSES:
+        raise ValueError(f"match must be one of {MATCH_LOSSES}, got {match!r}")
+    if match == "auto":
+        return "cosine" if isinstance(distribution, PenultimateDistribution) else "mse"
+    return match
+
+
+def total_variation(images: Tensor) -> Tensor:
+    """Mean absolute difference of vertically and horizontally adjacent pixels, ``[N]``;
+    ``images: [N, C, H, W]``."""
+    vertical = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(dim=1)
+    horizontal = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(dim=1)
+    return vertical + horizontal
+
+
+def synthesize_inputs(teacher: nn.Module, distribution: ClassConditionalDistribution, targets: Tensor,
+                      labels: Tensor, image_shape: tuple[int, ...], generator: torch.Generator, *, steps: int = 100,
+                      lr: float = 0.1, match: str = "auto", tv_weight: float = 0.05, l2_weight: float = 0.0) -> Tensor:
+    """Images ``[N, *image_shape]`` whose teacher activations ``teacher.features(x): [N, D]`` match
+    ``targets: [N, D]`` (drawn for ``labels: [N]``). The initial ``z`` comes from ``generator``
+    (a CPU generator); the teacher's parameters receive no gradient."""
+    match = resolve_match(match, distribution)
+    device = targets.device
+    logits = torch.randn((targets.shape[0], *image_shape), generator=generator).to(device)
+    logits.requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=lr)
+    requires_grad = [p.requires_grad for p in teacher.parameters()]
+    teacher.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            images = torch.sigmoid(logits)
+            activations = teacher.features(images)
+            if match == "cosine":
+                mismatch = 1 - F.cosine_similarity(activations, targets, dim=1)
+            elif match == "mse":
+                mismatch = (activations - targets).square().mean(dim=1)
+            else:
+                mismatch = -distribution.log_prob(activations, labels) / activations.shape[1]
+            prior = tv_weight * total_variation(images) + l2_weight * images.square().flatten(1).mean(dim=1)
+            loss = (mismatch + prior).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    finally:
+        for parameter, flag in zip(teacher.parameters(), requires_grad):
+            parameter.requires_grad_(flag)
+    return torch.sigmoid(logits).detach()

@@ -1,0 +1,319 @@
+"""The distillation trainer on tiny runs: methods, transfer sets, disjoint sampler offsets,
+checkpoint/resume (including a killed process), a real 2-process gloo run, and the grid's report."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from penact import PenultimateDistribution, cli
+from penact.data import load_digits_split
+from penact.distill import (TRANSFER_SETS, DistillConfig, Distiller, corrupt, kd_loss, parse_method,
+                            synthesize_inputs, transfer_images)
+from penact.distill.grid import run_grid, summarize, write_report
+from penact.distill.trainer import RANK_OFFSET_STRIDE
+from penact.models import accuracy, student_cnn, teacher_cnn, train_classifier
+
+TINY = DistillConfig(steps=80, batch_size=64, lr=1e-2, pool_size=40, refresh_every=30, refresh_size=20, synth_steps=5,
+                     weight_reference_size=256)
+
+
+class RecordingDistribution(PenultimateDistribution):
+    """The sphere family, logging the ``(offset, count)`` of every draw."""
+
+    draws: list
+
+    def sample(self, labels, seed=None, offset=None, generator=None):
+        self.draws.append((offset, len(labels)))
+        return super().sample(labels, seed=seed, offset=offset, generator=generator)
+
+
+def _recording(distribution):
+    recording = RecordingDistribution(distribution.weight, distribution.bias, distribution.radius)
+    recording.draws = []
+    return recording
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def teacher_state(tmp_path_factory):
+    """A teacher trained for 3 epochs (about 95% on digits), saved so that other processes load it."""
+    torch.set_num_threads(1)
+    data = load_digits_split()
+    torch.manual_seed(0)
+    teacher = teacher_cnn()
+    train_classifier(teacher, data.train_images, data.train_labels, 3, progress=False)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save(teacher.state_dict(), path)
+    return path
+
+
+def _teacher_and_distribution(path):
+    data = load_digits_split()
+    teacher = teacher_cnn()
+    teacher.load_state_dict(torch.load(path, weights_only=True))
+    teacher.eval()
+    with torch.no_grad():
+        activations = teacher.features(data.train_images)
+    return teacher, PenultimateDistribution.fit(teacher.fc, activations, data.train_labels)
+
+
+def _distiller(teacher_path, method, transfer, config=TINY, checkpoint_path=None, seed=0):
+    teacher, distribution = _teacher_and_distribution(teacher_path)
+    torch.manual_seed(seed)
+    data = load_digits_split()
+    return Distiller(teacher, student_cnn(), _recording(distribution), transfer_images(transfer, data, seed=seed),
+                     replace(config, method=method, seed=seed), checkpoint_path=checkpoint_path)
+
+
+def _state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- pieces ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, parts", [("kd", set()), ("synth", {"synth"}), ("weighted", {"weighted"}),
+                                           ("synth+weighted", {"synth", "weighted"}), ("kd+synth", {"synth"})])
+def test_parse_method(method, parts):
+    assert parse_method(method) == parts
+
+
+@pytest.mark.parametrize("method", ["", "kd+mixup", "synth,weighted"])
+def test_parse_method_rejects_unknown_parts(method):
+    with pytest.raises(ValueError, match="method"):
+        parse_method(method)
+
+
+def test_transfer_sets():
+    data = load_digits_split()
+    sizes = {name: transfer_images(name, data).shape[0] for name in TRANSFER_SETS}
+    assert sizes["in-domain"] == sizes["corrupted"] == data.train_images.shape[0]
+    assert sizes["partial"] == int((data.train_labels < 5).sum()) and sizes["none"] == 0
+    corrupted = transfer_images("corrupted", data, severity=2.0, seed=3)
+    assert torch.equal(corrupted, transfer_images("corrupted", data, severity=2.0, seed=3))
+    assert not torch.equal(corrupted, transfer_images("corrupted", data, severity=2.0, seed=4))
+    assert corrupted.min() >= 0 and corrupted.max() <= 1
+    with pytest.raises(ValueError, match="transfer set"):
+        transfer_images("rotated", data)
+
+
+def test_corrupt_severity_zero_is_identity_and_severity_grows_the_shift():
+    images = load_digits_split().train_images[:200]
+    assert torch.allclose(corrupt(images, 0.0, torch.Generator().manual_seed(0)), images, atol=1e-6)
+    distances = [float((corrupt(images, s, torch.Generator().manual_seed(0)) - images).abs().mean()) for s in (0.5, 1, 2)]
+    assert distances[0] < distances[1] < distances[2]
+    with pytest.raises(ValueError, match="severity"):
+        corrupt(images, -1.0, torch.Generator())
+
+
+def test_kd_loss_is_zero_at_the_teacher_and_positive_elsewhere():
+    logits = torch.randn(8, 10, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(kd_loss(logits, logits, 4.0), torch.zeros(8), atol=1e-6)
+    assert (kd_loss(torch.zeros(8, 10), logits, 4.0) > 0).all()
+
+
+def test_synthesized_inputs_carry_their_class(teacher_state):
+    teacher, distribution = _teacher_and_distribution(teacher_state)
+    labels = torch.arange(100) % 10
+    targets = distribution.sample(labels, seed=0, offset=0)
+    start = synthesize_inputs(teacher, distribution, targets, labels, (1, 8, 8), torch.Generator().manual_seed(0), steps=0)
+    images = synthesize_inputs(teacher, distribution, targets, labels, (1, 8, 8), torch.Generator().manual_seed(0),
+                               steps=40)
+    assert images.shape == (100, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
+    cosine = torch.nn.functional.cosine_similarity
+    with torch.no_grad():
+        assert cosine(teacher.features(images), targets).mean() > cosine(teacher.features(start), targets).mean() + 0.05
+        assert (teacher(images).argmax(dim=1) == labels).float().mean() > 0.5  # chance: 0.1
+    assert all(p.requires_grad for p in teacher.parameters())  # restored after synthesis
+
+
+# -- the trainer -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, transfer", [("kd", "in-domain"), ("weighted", "in-domain"), ("synth", "partial"),
+                                              ("synth+weighted", "none")])
+def test_methods_train_and_use_disjoint_offsets(teacher_state, method, transfer):
+    distiller = _distiller(teacher_state, method, transfer)
+    distiller.train()
+    data = load_digits_split()
+    assert distiller.step == TINY.steps
+    if transfer != "none":  # 80 steps from a 40-image pool of 5-step syntheses: too little to learn from
+        assert distiller.evaluate(data.test_images, data.test_labels) > 0.2
+    draws = distiller.distribution.draws
+    assert bool(draws) == (method != "kd")
+    # Consecutive draws tile [0, counter) without overlap (rank 0 of 1).
+    position = 0
+    for offset, count in draws:
+        assert offset == position
+        position += count
+    assert position == distiller.sample_counter
+    if "synth" in method:
+        assert distiller.pool_images.shape == (TINY.pool_size, 1, 8, 8)
+        assert distiller.pool_refreshes == 1 + (TINY.steps - 1) // TINY.refresh_every
+        assert distiller.timings.synthesis > 0
+    if "weighted" in method:
+        assert distiller.weight_temperature > 0 and distiller.timings.log_density > 0
+
+
+def test_kd_without_transfer_data_is_refused(teacher_state):
+    with pytest.raises(ValueError, match="needs transfer data"):
+        _distiller(teacher_state, "kd", "none")
+
+
+def test_stop_and_resume_reproduces_the_uninterrupted_run(teacher_state, tmp_path):
+    whole = _distiller(teacher_state, "synth+weighted", "partial").train()
+    path = tmp_path / "run.pt"
+    first = _distiller(teacher_state, "synth+weighted", "partial", checkpoint_path=path).train(until_step=13)
+    assert first.step == 13
+    resumed = _distiller(teacher_state, "synth+weighted", "partial", checkpoint_path=path, seed=0)
+    assert resumed.load_checkpoint() and resumed.step == 13
+    resumed.train()
+    assert _state_equal(resumed.student.state_dict(), whole.student.state_dict())
+    assert torch.equal(resumed.pool_images, whole.pool_images)
+    assert resumed.sample_counter == whole.sample_counter
+
+
+def test_checkpoint_from_another_config_is_refused(teacher_state, tmp_path):
+    path = tmp_path / "run.pt"
+    _distiller(teacher_state, "kd", "in-domain", checkpoint_path=path).train(until_step=2)
+    other = _distiller(teacher_state, "kd", "in-domain", config=replace(TINY, lr=3e-3), checkpoint_path=path)
+    with pytest.raises(ValueError, match="another config"):
+        other.load_checkpoint()
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_distill import TINY, _distiller
+    from dataclasses import replace
+    torch.set_num_threads(1)
+    config = replace(TINY, steps=400, refresh_every=50, checkpoint_every=20)
+    _distiller({teacher!r}, "synth", "corrupted", config=config, checkpoint_path={checkpoint!r}).train()
+""")
+
+
+def test_killed_process_resumes_without_losing_progress(teacher_state, tmp_path):
+    config = replace(TINY, steps=400, refresh_every=50, checkpoint_every=20)
+    checkpoint = tmp_path / "killed.pt"
+    script = KILLED_RUN.format(tests=os.path.dirname(__file__), teacher=str(teacher_state), checkpoint=str(checkpoint))
+    process = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = torch.load(checkpoint, weights_only=False)["step"]
+    assert 0 < killed_at < config.steps
+
+    resumed = _distiller(teacher_state, "synth", "corrupted", config=config, checkpoint_path=checkpoint)
+    assert resumed.load_checkpoint() and resumed.step == killed_at
+    resumed.train()
+    whole = _distiller(teacher_state, "synth", "corrupted", config=config).train()
+    assert _state_equal(resumed.student.state_dict(), whole.student.state_dict())
+
+
+# -- two processes (gloo) --------------------------------------------------------------------
+
+
+def _distributed_worker(rank, world_size, rendezvous, teacher_path, out_dir):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    try:
+        distiller = _distiller(teacher_path, "synth+weighted", "in-domain",
+                               checkpoint_path=os.path.join(out_dir, "ddp.pt"))
+        used = []
+        next_indices = distiller._next_transfer_indices
+
+        def recording_next_indices():
+            indices = next_indices()
+            used.append(indices.tolist())
+            return indices
+
+        distiller._next_transfer_indices = recording_next_indices
+        distiller.train()
+        data = load_digits_split()
+        params = torch.cat([p.detach().flatten() for p in distiller.student.parameters()])
+        result = {"draws": distiller.distribution.draws, "params": params.tolist(),
+                  "pool": distiller.pool_images.flatten().tolist(), "transfer_batches": used,
+                  "accuracy": distiller.evaluate(data.test_images, data.test_labels),
+                  "transfer_batch": distiller.transfer_batch, "synth_batch": distiller.synth_batch}
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+            json.dump(result, handle)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_run(teacher_state, tmp_path):
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "rendezvous"), str(teacher_state), str(tmp_path)),
+             nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # DDP keeps the replicas identical; the pool is gathered to every rank.
+    assert ranks[0]["params"] == ranks[1]["params"]
+    assert ranks[0]["pool"] == ranks[1]["pool"]
+    # Each rank takes half of the global batch.
+    assert ranks[0]["transfer_batch"] + ranks[0]["synth_batch"] == TINY.batch_size // 2
+    # Rank r draws from its own offset range [r 2^40, (r + 1) 2^40), and the ranges never meet.
+    for rank, result in enumerate(ranks):
+        for offset, count in result["draws"]:
+            assert rank * RANK_OFFSET_STRIDE <= offset and offset + count <= (rank + 1) * RANK_OFFSET_STRIDE
+    # The DistributedSampler shards every epoch: no transfer image is seen by both ranks in one epoch.
+    batches_per_epoch = (load_digits_split().train_images.shape[0] // 2) // ranks[0]["transfer_batch"]
+    first_epoch = [set(sum(result["transfer_batches"][:batches_per_epoch], [])) for result in ranks]
+    assert first_epoch[0] and not first_epoch[0] & first_epoch[1]
+    # It learns as one process does (chance: 0.1; the same run in one process reaches about 0.7).
+    single = _distiller(teacher_state, "synth+weighted", "in-domain").train()
+    data = load_digits_split()
+    assert ranks[0]["accuracy"] == ranks[1]["accuracy"]
+    assert ranks[0]["accuracy"] > 0.4 and single.evaluate(data.test_images, data.test_labels) > 0.4
+    state = torch.load(tmp_path / "ddp.pt", weights_only=False)
+    assert state["world_size"] == 2 and state["step"] == TINY.steps
+
+
+# -- the grid and its report -----------------------------------------------------------------
+
+
+def test_grid_writes_table_json_and_png(tmp_path):
+    config = replace(TINY, steps=4, pool_size=20, refresh_every=0, synth_steps=2)
+    methods, transfers = ["kd", "synth"], ["partial", "none"]
+    results = run_grid(methods, transfers, [0, 1], config, teacher_epochs=1, checkpoint_dir=tmp_path / "ck",
+                       progress=False)
+    assert len(results) == 2 * 3  # kd on "none" has no data: n/a
+    assert len(list((tmp_path / "ck" / "cells").iterdir())) == 6
+    rerun = run_grid(methods, transfers, [0, 1], config, teacher_epochs=1, checkpoint_dir=tmp_path / "ck", progress=False)
+    assert [r.student_accuracy for r in rerun] == [r.student_accuracy for r in results]
+    summary = summarize(results, methods, transfers)
+    assert "none/kd" not in summary["table"] and len(summary["table"]["partial/synth"]["seeds"]) == 2
+    paths = write_report(summary, methods, transfers, tmp_path, "distill-test", "penact distill ...", {"steps": 4})
+    assert all(path.stat().st_size > 0 for path in paths)
+    markdown = paths[0].read_text()
+    assert "| none | " in markdown and "n/a" in markdown and "penact distill ..." in markdown
+    assert json.loads(paths[1].read_text())["table"]["partial/kd"]["mean"] >= 0
+
+
+def test_cli_parses_distill():
+    args = cli.build_parser().parse_args(["distill", "--methods", "kd,synth+weighted", "--transfers", "partial,none",
+                                          "--seeds", "2", "--steps", "10"])
+    assert args.methods == ["kd", "synth+weighted"] and args.transfers == ["partial", "none"]
+    assert args.seeds == 2 and args.steps == 10 and callable(args.handler)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["distill", "--methods", "mixup"])
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["distill", "--transfers", "rotated"])
