@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
+from tqdm.auto import tqdm
 
 import penact
 from ..base import ClassConditionalDistribution
@@ -109,8 +110,6 @@ def run_grid(methods: list[str], transfers: list[str], seeds: list[int], config:
              checkpoint_dir: Path | None = None, progress: bool = True) -> list[CellResult]:
     """Every ``(seed, transfer, method)`` with a data source. With ``checkpoint_dir``, teachers,
     finished cells and running cells are saved there, and a rerun skips or resumes them."""
-    from tqdm.auto import tqdm
-
     rank, world_size = distributed_context()
     data = load_digits_split()
     cells = [(seed, transfer, method) for seed in seeds for transfer in transfers for method in methods
@@ -226,6 +225,21 @@ def write_report(summary: dict, methods: list[str], transfers: list[str], out_di
     return paths
 
 
+FORMULATION = [
+    "How it works (module docstrings of `penact.distill` have the details): per seed a teacher CNN "
+    "(penultimate width 128) is trained on the training split and its family fitted to its training "
+    "activations; a student (width 64) is distilled with Adam (cosine-annealed learning rate) on the "
+    "soft-label loss `T^2 KL(softmax(t/T) || softmax(s/T))`. `synth` draws balanced labels and "
+    "activations `a ~ p(a | y)` from the family, optimizes `x = sigmoid(z)` to minimize "
+    "`1 - cos(f_T(x), a)` (sphere family; squared error for others) plus a total-variation prior, and "
+    "distils on a batch of that pool beside each transfer batch (the whole batch when there are no "
+    "transfer data). `weighted` multiplies each transfer sample's loss by "
+    "`n softmax(log p(a_i) / tau)` over its batch, `tau` the std of `log p(a)` under the model's own "
+    "samples. Students start from the same initialization for every method of a seed.",
+    "",
+]
+
+
 def _percent(entry: dict | None) -> str:
     return "n/a" if entry is None else f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
 
@@ -247,7 +261,7 @@ def _markdown(summary: dict, methods: list[str], transfers: list[str], command: 
     for transfer in transfers:
         cells = [_percent(table.get(f"{transfer}/{method}")) for method in methods]
         lines.append(f"| {transfer} | {_percent(teacher)} | " + " | ".join(cells) + " |")
-    lines += ["", f"![student accuracy by method and transfer set]({image})", ""]
+    lines += ["", f"![student accuracy by method and transfer set]({image})", "", *FORMULATION]
     if summary["teacher_on_transfer"]:
         lines.append("The teacher's own accuracy on the transfer images (true labels): " + ", ".join(
             f"{transfer} {100 * mean:.1f} ± {100 * std:.1f}%" for transfer, (mean, std) in summary["teacher_on_transfer"].items()))
@@ -272,7 +286,7 @@ def _plot(summary: dict, methods: list[str], transfers: list[str], path: Path) -
 
     table = summary["table"]
     width = 0.8 / len(methods)
-    figure, axis = plt.subplots(figsize=(1.8 + 1.6 * len(transfers), 4.2))
+    figure, axis = plt.subplots(figsize=(3.0 + 1.6 * len(transfers), 4.2))
     for index, method in enumerate(methods):
         positions, means, stds = [], [], []
         for column, transfer in enumerate(transfers):
@@ -282,11 +296,15 @@ def _plot(summary: dict, methods: list[str], transfers: list[str], path: Path) -
                 means.append(100 * entry["mean"])
                 stds.append(100 * entry["std"])
         axis.bar(positions, means, width, yerr=stds, capsize=2, label=method)
+        for column, transfer in enumerate(transfers):
+            if f"{transfer}/{method}" not in table:
+                axis.text(column - 0.4 + (index + 0.5) * width, 2, "n/a", ha="center", fontsize=7, rotation=90)
     axis.axhline(100 * summary["teacher"]["mean"], color="k", linestyle="--", linewidth=1, label="teacher")
     axis.set_xticks(range(len(transfers)), transfers)
+    axis.set_xlabel("transfer set")
     axis.set_ylabel("student test accuracy (%)")
     axis.set_ylim(0, 100)
-    axis.legend(fontsize=8, loc="lower left")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

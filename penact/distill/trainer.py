@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
 
 from ..base import ClassConditionalDistribution
 from .synthesis import resolve_match, synthesize_inputs
@@ -134,6 +135,8 @@ class Distiller:
     """Distils ``teacher`` (a module with ``features(x) -> [N, D]`` and ``fc: nn.Linear``) into
     ``student`` (any classifier ``x -> [N, C]``) using ``transfer: [M, *image_shape]`` (``M`` may
     be 0) and, for ``synth``/``weighted``, the teacher's ``distribution``.
+
+    The teacher is put in eval mode with ``requires_grad=False`` (in place): it is never trained.
 
     Args:
         image_shape: the shape of one input (needed to synthesize when ``transfer`` is empty).
@@ -319,12 +322,10 @@ class Distiller:
     def train(self, until_step: int | None = None, progress: bool = False) -> "Distiller":
         """Trains up to ``until_step`` (default: ``config.steps``); call again to continue.
         Saves a checkpoint every ``checkpoint_every`` steps and at the end when a path is set."""
-        from tqdm.auto import tqdm
-
         end = self.config.steps if until_step is None else min(until_step, self.config.steps)
         started = time.perf_counter()
         self.student.train()
-        if "weighted" in self.parts and self.weight_temperature is None:
+        if "weighted" in self.parts and self.transfer_batch and self.weight_temperature is None:
             self.weight_temperature = self._fit_weight_temperature()
         if "synth" in self.parts and self.pool_images is None:
             self._update_pool()
