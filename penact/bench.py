@@ -16,7 +16,7 @@ same run on the same inputs:
   pass ``x.norm(dim=1)`` (log_prob), ``x.clone()`` (one read and one write of ``x``, the least a
   backward that returns ``grad_x`` does), ``torch.addmm`` of the same shapes (log_prob_all,
   log_marginal). The measured copy bandwidth of the device turns the bytes an operation must move
-  into a second floor (``bw frac``).
+  into a second floor (``bw bound / penact``).
 
 Timing: one warm-up call (it absorbs jit compilation), then interleaved rounds (every peer once per
 round, in rotating order, so that a change of machine load hits all peers alike) until each peer
@@ -46,6 +46,7 @@ import dataclasses
 import datetime
 import functools
 import gc
+import hashlib
 import importlib.util
 import json
 import math
@@ -200,7 +201,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         headline=args.headline,
         headline_peers=("penact",) if quick else peers,
         accuracy=args.accuracy,
-        accuracy_sample_n=4_000 if quick else 20_000,
+        accuracy_sample_n=4_000 if quick else 10_000,
         plot=args.plot,
         progress=args.progress,
         out=args.out,
@@ -426,7 +427,7 @@ def _scipy_sample(p: Problem, rng: np.random.Generator) -> np.ndarray:
 
 def _loop_estimate(body: Callable[[int, np.ndarray], Any], groups: list[tuple[int, np.ndarray]]):
     """A cheap prediction of ``for c, rows in groups: body(c, rows)``: the fixed cost of a class
-    from a call on one row, the cost of a row from a call on up to 64 rows (scipy's sampler pays
+    from a call on one row, the cost of a row from a call on up to 256 rows (scipy's sampler pays
     a D x D QR decomposition per call, so a class costs far more than its rows suggest)."""
     def estimate(budget: float) -> float:
         c, rows = groups[0]
@@ -435,7 +436,7 @@ def _loop_estimate(body: Callable[[int, np.ndarray], Any], groups: list[tuple[in
         total_rows = sum(r.size for _, r in groups)
         if fixed * len(groups) > budget or rows.size == 1:
             return fixed * len(groups)  # already over budget (or nothing more to learn)
-        some = rows[:64]
+        some = rows[:256]
         per_row = max(_timed_call(lambda: body(c, some), "wall") - fixed, 0.0) / (some.size - 1)
         return fixed * len(groups) + per_row * total_rows
     return estimate
@@ -726,9 +727,6 @@ def bytes_moved(op: str, size: int, dim: int, num_classes: int, itemsize: int) -
 # Peak memory
 
 
-_LIBC = None
-
-
 def _resident_kib() -> dict[str, int]:
     values = {}
     with open("/proc/self/status") as status:
@@ -738,13 +736,20 @@ def _resident_kib() -> dict[str, int]:
     return values
 
 
+@functools.lru_cache(maxsize=None)
+def _libc():
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL("libc.so.6")
+    return None
+
+
 def _release_heap() -> None:
-    global _LIBC
+    """Collects garbage and hands freed heap back to the system, so that memory the next call
+    reuses shows up in its resident-set growth."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        if _LIBC is None:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        _LIBC.malloc_trim(0)
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _output_bytes(value) -> int:
@@ -865,12 +870,12 @@ def run_headline(settings: Settings, progress) -> dict:
         progress.update(1)
     progress.set_postfix_str("headline memory")
     memory = {}
+    timed = entries["sample"]["peers"]
     for peer in peers_for("sample", problem, headline_settings):
-        if peer.skip:
-            memory[peer.name] = dict(skipped=peer.skip)
+        if timed[peer.name]["status"] != "ok":  # skipped or failed when timed: same reason here
+            memory[peer.name] = dict(skipped=timed[peer.name]["reason"])
             continue
         try:
-            peer.fn()  # warm: compile, first-touch of lazily created state
             runs = [peak_memory(peer.fn, settings.device) for _ in range(3)]
         except Exception as error:
             memory[peer.name] = dict(skipped=f"{type(error).__name__}: {error}")
@@ -904,8 +909,8 @@ def _load_mp_reference():
 
 
 def _error_summary(values: np.ndarray, truth: np.ndarray, points: list, floor: float = 0.0) -> dict:
-    """Max relative error ``|a - r| / max(|r|, floor)`` over the finite outputs, the point where
-    it occurs, and the points where the output is not finite."""
+    """Max relative (``|a - r| / max(|r|, floor)``) and absolute errors over the finite outputs,
+    the point where the relative one occurs, and the points where the output is not finite."""
     values = np.asarray(values, dtype=np.float64).ravel()
     truth = np.asarray(truth, dtype=np.float64).ravel()
     finite = np.isfinite(values)
@@ -914,7 +919,7 @@ def _error_summary(values: np.ndarray, truth: np.ndarray, points: list, floor: f
     worst = int(np.nanargmax(error)) if finite.any() else None
     nonfinite = [dict(point=points[i], value=repr(float(values[i]))) for i in np.flatnonzero(~finite)]
     return dict(max_rel_error=(float(error[worst]) if worst is not None else None),
-                max_abs_error=(float(np.nanmax(np.abs(values - truth))) if finite.any() else None),
+                max_abs_error=(float(np.abs(values - truth)[finite].max()) if finite.any() else None),
                 worst_point=(points[worst] if worst is not None else None),
                 n_points=int(values.size), n_nonfinite=int((~finite).sum()), nonfinite=nonfinite[:20])
 
@@ -934,7 +939,7 @@ def accuracy_special(settings: Settings, mp) -> list[dict]:
             args = np.array([float(torch.tensor(kappa, dtype=dtype)) for _, kappa in points])
             truth = np.array([float(_mp_special(mp, mpmath, op, dim, x)) for (dim, _), x in zip(points, args)])
             labels = [dict(D=dim, kappa=float(x)) for (dim, _), x in zip(points, args)]
-            outputs = {"penact": _penact_special_values(op, points, args, dtype)}
+            outputs = {"penact": _penact_special_values(op, points, args, dtype, settings.device)}
             if dtype == torch.float64 and "scipy" in settings.peers and _peer_available("scipy", settings) is None:
                 with np.errstate(all="ignore"):
                     outputs["scipy"] = np.array([SCIPY_SPECIAL[op](0.5 * dim - 1, dim, np.float64(x))
@@ -957,10 +962,10 @@ def _mp_special(mp, mpmath, op, dim, x):
     return mp.vmf_log_normalizer(dim, x)
 
 
-def _penact_special_values(op, points, args, dtype) -> np.ndarray:
+def _penact_special_values(op, points, args, dtype, device) -> np.ndarray:
     out = []
     for (dim, _), x in zip(points, args):
-        argument = torch.tensor([x], dtype=dtype)
+        argument = torch.tensor([x], dtype=dtype, device=device)
         if op == "log_bessel_iv":
             out.append(float(ops.log_bessel_iv(0.5 * dim - 1, argument)))
         elif op == "bessel_iv_ratio":
@@ -991,9 +996,9 @@ def accuracy_density(settings: Settings, mp) -> list[dict]:
         for regime in settings.regimes:
             kappa_range = tuple(m * dim for m in REGIMES[regime])
             kappas = class_kappas(num_classes, *kappa_range)
-            base = Problem(dim, kappas, size, torch.device("cpu"), torch.float32, settings.seed)
+            base = Problem(dim, kappas, size, settings.device, torch.float32, settings.seed)
             # float32-representable inputs, so that float32 and float64 peers see the same values
-            weight64, x64, labels = base.weight.double(), base.x.double(), base.labels
+            weight64, x64, labels = base.weight.double().cpu(), base.x.double().cpu(), base.labels.cpu()
             kappa = weight64.norm(dim=1)
             log_normalizer = torch.tensor([float(mp.vmf_log_normalizer(dim, float(k))) for k in kappa],
                                           dtype=torch.float64)
@@ -1003,10 +1008,10 @@ def accuracy_density(settings: Settings, mp) -> list[dict]:
                      "log_marginal": torch.logsumexp(truth_all + torch.log_softmax(-log_normalizer, 0), dim=1)}
             points = [dict(D=dim, kappa=regime, C=num_classes, N=size)]
             for dtype in (torch.float32, torch.float64):
-                problem = Problem(dim, kappas, size, torch.device("cpu"), dtype, settings.seed)
-                problem.weight = weight64.to(dtype)
+                problem = Problem(dim, kappas, size, settings.device, dtype, settings.seed)
+                problem.weight = weight64.to(settings.device, dtype)
                 problem.dist = penact.PenultimateDistribution(problem.weight, radius=RADIUS)
-                problem.x = x64.to(dtype)
+                problem.x = x64.to(settings.device, dtype)
                 for op in truth:
                     for name, values in _density_values(op, problem, settings, dtype).items():
                         summary = _error_summary(values, truth[op].numpy(), points * truth[op].numel(), floor=1.0)
@@ -1024,7 +1029,7 @@ def _density_values(op: str, p: Problem, settings: Settings, dtype: torch.dtype)
             continue
         if name == "scipy" and dtype != torch.float64:
             continue
-        peer = DENSITY_PEERS[name](op, p, "wall")
+        peer = DENSITY_PEERS[name](op, p, _clock(p.device))
         if peer.skip:
             continue
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -1099,6 +1104,16 @@ def _git(*args: str) -> str | None:
     return None
 
 
+def _extension_binary() -> dict | None:
+    """Which compiled ``penact._C`` was measured: it is rebuilt in place, apart from the commit."""
+    path = Path(penact._C.__file__) if hasattr(penact, "_C") else None
+    if path is None or not path.exists():
+        return None
+    stat = path.stat()
+    return dict(file=path.name, sha256=hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+                modified=datetime.datetime.fromtimestamp(stat.st_mtime).astimezone().isoformat(timespec="seconds"))
+
+
 def _uptime() -> str | None:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
@@ -1128,11 +1143,19 @@ def environment(settings: Settings) -> dict:
         versions=versions,
         git_commit=_git("rev-parse", "HEAD"),
         git_dirty=(bool(status) if status is not None else None),
+        git_uncommitted=([line[3:] for line in status.splitlines()] if status else []),
+        extension=_extension_binary(),
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         uptime_start=_uptime(),
         loadavg_start=list(os.getloadavg()),
         command="penact bench " + " ".join(sys.argv[1:]) if sys.argv else "",
     )
+
+
+def _describe_extension(extension: dict | None) -> str:
+    if not extension:
+        return "unknown"
+    return f"{extension['file']} sha256 {extension['sha256']}..., built {extension['modified']}"
 
 
 def _slug(text: str) -> str:
@@ -1205,7 +1228,7 @@ def skip_table(records: list[dict]) -> list[str]:
     for record in records:
         for name, result in record["peers"].items():
             if result["status"] != "ok":
-                reason = re.sub(r"predicted [0-9.]+ s", "predicted > limit", result["reason"] or "")
+                reason = re.sub(r"predicted [0-9.]+ s per call", "predicted per call", result["reason"] or "")
                 reasons[(name, f"{result['status']}: {reason}")] = reasons.get((name, f"{result['status']}: {reason}"), 0) + 1
     lines = ["| peer | why not measured | cases |", "|---|---|---|"]
     lines += [f"| {name} | {reason} | {count} |" for (name, reason), count in sorted(reasons.items())]
@@ -1304,8 +1327,10 @@ def markdown_report(report: dict) -> str:
     settings = report["settings"]
     lines = [f"# penact bench: {env['device_name']} ({env['device']}), {env['date']}", "",
              f"- command: `{env['command']}`",
-             f"- commit {env['git_commit']}{' (with uncommitted changes)' if env['git_dirty'] else ''}; "
+             f"- commit {env['git_commit']}"
+             + (f" (uncommitted changes in {', '.join(env['git_uncommitted'])})" if env["git_dirty"] else "") + "; "
              + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+             f"- extension binary: {_describe_extension(env.get('extension'))}",
              f"- CPU: {env['cpu_model']}, {env['cpu_count']} logical CPUs, torch threads {env['torch_threads']} "
              f"(interop {env['torch_interop_threads']}); {env['platform']}",
              f"- machine load: `{env['uptime_start']}` at the start, `{report.get('uptime_end')}` at the end; "
