@@ -75,7 +75,9 @@ extra_link_args = ["-fopenmp"]
 include_dirs = [csrc]
 
 if toolkit:
-    sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))]
+    # csrc/cuda: the kernels (*.cu, nvcc, no torch header) and their torch glue (*.cpp, the C++ compiler).
+    sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")) +
+                                                         glob.glob(os.path.join(csrc, "cuda", "*.cpp")))]
     include_dirs += pip_cuda_include_dirs()
     extension = CUDAExtension(
         "penact._C",

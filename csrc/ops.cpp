@@ -112,6 +112,14 @@ void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at
   check_radius(radius);
 }
 
+void check_log_prob_backward_args(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& labels, double radius) {
+  check_log_prob_args(x, weight, nullptr, &labels, radius);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0), "penact: grad must have shape [N] = [", x.size(0),
+              "], got ", grad.sizes());
+  check_same_device(x, "x", grad, "grad");
+}
+
 TORCH_LIBRARY(penact, m) {
   m.def("log_bessel_iv(Tensor order, Tensor x) -> Tensor");
   m.def("bessel_iv_ratio(Tensor order, Tensor x) -> Tensor");

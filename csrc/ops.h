@@ -20,6 +20,11 @@ void check_sample_args(const at::Tensor& mean_direction, const at::Tensor& kappa
 void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* log_normalizer,
                          const at::Tensor* labels, double radius);
 
+// grad: [N] on the device of x, and the checks of check_log_prob_args for the backward pass of
+// vmf_log_prob (which takes no log_normalizer).
+void check_log_prob_backward_args(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& labels, double radius);
+
 // Labels as contiguous int64, after checking their range against num_classes.
 at::Tensor checked_labels(const at::Tensor& labels, int64_t num_classes);
 

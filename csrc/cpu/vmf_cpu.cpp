@@ -227,9 +227,7 @@ std::tuple<at::Tensor, at::Tensor> vmf_log_prob_backward_cpu(const at::Tensor& g
                                                              const at::Tensor& weight, const at::Tensor& labels,
                                                              double radius, bool need_x_grad,
                                                              bool need_weight_grad) {
-  check_log_prob_args(x, weight, nullptr, &labels, radius);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0), "penact: grad must have shape [N] = [", x.size(0),
-              "], got ", grad.sizes());
+  check_log_prob_backward_args(grad, x, weight, labels, radius);
   const at::Tensor xc = x.contiguous(), w = weight.contiguous();
   const at::Tensor g = grad.to(w.scalar_type()).contiguous();
   const at::Tensor lab = checked_labels(labels, w.size(0));
