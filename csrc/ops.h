@@ -13,8 +13,9 @@ void check_elementwise_args(const at::Tensor& order, const at::Tensor& x);
 void check_log_normalizer_args(const at::Tensor& kappa, int64_t dim);
 
 // mean_direction: [C, D], kappa: [C], labels: [N] integer in [0, C), radius > 0, seed, offset >= 0.
+// dtype: the output's, absent for mean_direction's; float16/bfloat16 only with float32 mean_direction.
 void check_sample_args(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
-                       double radius, int64_t offset);
+                       double radius, int64_t offset, std::optional<at::ScalarType> dtype);
 
 // x: [N, D], weight: [C, D], log_normalizer: [C], labels: [N]; a null pointer skips that argument.
 void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* log_normalizer,

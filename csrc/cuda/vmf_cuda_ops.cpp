@@ -32,12 +32,12 @@ cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(
 at::Tensor with_unit_column_stride(const at::Tensor& x) { return x.stride(1) == 1 ? x : x.contiguous(); }
 
 at::Tensor vmf_sample_cuda(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
-                           double radius, int64_t seed, int64_t offset) {
-  check_sample_args(mean_direction, kappa, labels, radius, offset);
+                           double radius, int64_t seed, int64_t offset, std::optional<at::ScalarType> dtype) {
+  check_sample_args(mean_direction, kappa, labels, radius, offset, dtype);
   const c10::cuda::CUDAGuard device_guard(mean_direction.device());
   const at::Tensor mu = mean_direction.contiguous(), kap = kappa.contiguous();
   const at::Tensor lab = checked_labels(labels, mu.size(0));
-  at::Tensor out = at::empty({lab.size(0), mu.size(1)}, mu.options());
+  at::Tensor out = at::empty({lab.size(0), mu.size(1)}, mu.options().dtype(dtype.value_or(mu.scalar_type())));
   cuda::SampleParams params{};
   params.mean_direction = mu.const_data_ptr();
   params.kappa = kap.const_data_ptr();
