@@ -23,7 +23,7 @@ EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.float16: 2.0**-10
 KAPPAS = [0.0, 0.3, 2.0, 10.0, 64.0, 1e3, 1e5, 1e7]
 # Dimensions that reach every kernel tier (lane teams of 4/16/32 lanes with 1-8 Philox blocks per
 # lane, block teams with 2/4/8 blocks per thread, the streaming path) and partial last blocks.
-SAMPLE_DIMS = [2, 3, 5, 16, 63, 64, 128, 255, 512, 1000, 1024, 2048, 4099, 8192, 10001]
+SAMPLE_DIMS = [2, 3, 5, 16, 63, 64, 128, 255, 512, 1000, 1024, 2048, 3000, 4099, 8192, 10001]
 
 
 def random_classes(rng, num_classes, dim, dtype):
@@ -194,7 +194,7 @@ def dot_scale(x, weight, lognorm, radius):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("x_dtype,w_dtype", DTYPE_PAIRS)
-@pytest.mark.parametrize("dim", [3, 64, 100, 513, 2048])
+@pytest.mark.parametrize("dim", [3, 64, 100, 200, 513, 2048])
 def test_log_prob_matches_cpu(dim, x_dtype, w_dtype, layout, rng):
     x, x_cuda, weight, lognorm, labels = log_prob_problem(rng, 300, 7, dim, x_dtype, w_dtype, layout)
     radius = 2.5

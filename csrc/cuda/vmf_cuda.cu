@@ -454,18 +454,18 @@ struct RowArgs {
 template <typename X>
 __host__ __device__ constexpr int row_chunk_elements() { return static_cast<int>(16 / sizeof(X)); }
 
-template <RowOp OP, typename X, typename W, int TEAM>
+template <RowOp OP, typename X, typename W, typename Team>
 __global__ void __launch_bounds__(kThreads) row_kernel(const RowArgs<X, W> a) {
   constexpr int K = row_chunk_elements<X>();
-  constexpr int kRowsAtOnce = kWarp / TEAM;
-  const LaneTeam<TEAM> team;
-  const int lane = threadIdx.x % kWarp, member = lane % TEAM;
+  constexpr int kRowsAtOnce = kWarp / Team::size;
+  const Team team;
+  const int lane = threadIdx.x % kWarp, member = lane % Team::size;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   const int64_t num_chunks = ceil_div(a.dim, K);
   // The loop runs over whole warps so that all teams of a warp take part in every shuffle.
   for (int64_t first = (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp) * kRowsAtOnce;
        first < a.num_rows; first += warps * kRowsAtOnce) {
-    const int64_t row = first + lane / TEAM;
+    const int64_t row = first + lane / Team::size;
     const bool active = row < a.num_rows;
     int64_t label = 0;
     if constexpr (OP != RowOp::kScaleToRadius) label = active ? a.labels[row] : -1;
@@ -476,7 +476,7 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const RowArgs<X, W> a) {
     W dot = W(0), sumsq = W(0);
     const int64_t chunks = live ? num_chunks : 0;
 #pragma unroll 4
-    for (int64_t chunk = member; chunk < chunks; chunk += TEAM) {
+    for (int64_t chunk = member; chunk < chunks; chunk += Team::size) {
       const int valid = chunk_valid(chunk, K, a.dim);
       W xs[K];
       load_chunk<K>(x + chunk * K, valid, a.vector_x, xs);
@@ -498,7 +498,7 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const RowArgs<X, W> a) {
     } else if constexpr (OP == RowOp::kScaleToRadius) {
       const W scale = r / sqrt(sumsq);
       W* out = a.out + row * a.dim;
-      for (int64_t chunk = member; chunk < num_chunks; chunk += TEAM) {
+      for (int64_t chunk = member; chunk < num_chunks; chunk += Team::size) {
         const int valid = chunk_valid(chunk, K, a.dim);
         W xs[K];
         load_chunk<K>(x + chunk * K, valid, a.vector_x, xs);
@@ -514,7 +514,7 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const RowArgs<X, W> a) {
       const W radial = along * dot * inv_norm * inv_norm;
       X* grad_x = a.grad_x != nullptr ? a.grad_x + row * a.dim : nullptr;
       W* grad_w = live && a.grad_weight != nullptr ? a.grad_weight + label * a.dim : nullptr;
-      for (int64_t chunk = member; chunk < num_chunks; chunk += TEAM) {
+      for (int64_t chunk = member; chunk < num_chunks; chunk += Team::size) {
         const int valid = chunk_valid(chunk, K, a.dim);
         W xs[K], ws[K];
         load_chunk<K>(x + chunk * K, live ? valid : 0, a.vector_x, xs);
@@ -562,16 +562,19 @@ cudaError_t launch_rows_typed(const RowParams& p, cudaStream_t stream) {
   const int multiprocessors = multiprocessor_count(&error);
   if (error != cudaSuccess) return error;
   const int64_t num_chunks = ceil_div(p.dim, K);
-  // Teams sized to the row, as for sampling.
+  // Teams of about num_chunks / 4 lanes: every lane keeps 4 chunks (64 bytes) of x in flight, and
+  // small rows share a warp (8 rows of D = 64 float at once), so that the latency chain of a row
+  // (label -> weight row -> reduction) is paid for many bytes at a time.
   const auto launch = [&](auto team_size) {
     constexpr int TEAM = decltype(team_size)::value;
     const int64_t warps_wanted = ceil_div(p.num_rows, kWarp / TEAM);
     const int grid = grid_for(ceil_div(warps_wanted, kWarpsPerBlock), multiprocessors);
-    row_kernel<OP, X, W, TEAM><<<grid, kThreads, 0, stream>>>(a);
+    row_kernel<OP, X, W, LaneTeam<TEAM>><<<grid, kThreads, 0, stream>>>(a);
     return cudaGetLastError();
   };
-  if (num_chunks <= 4) return launch(std::integral_constant<int, 4>());
-  if (num_chunks <= 16) return launch(std::integral_constant<int, 16>());
+  if (num_chunks <= 16) return launch(std::integral_constant<int, 4>());
+  if (num_chunks <= 32) return launch(std::integral_constant<int, 8>());
+  if (num_chunks <= 64) return launch(std::integral_constant<int, 16>());
   return launch(std::integral_constant<int, 32>());
 }
 
