@@ -75,8 +75,13 @@ extra_link_args = ["-fopenmp"]
 include_dirs = [csrc]
 
 if toolkit:
-    sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))]
+    # csrc/cuda: the kernels (*.cu, nvcc, no torch header) and their torch glue (*.cpp, the C++ compiler).
+    sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")) +
+                                                         glob.glob(os.path.join(csrc, "cuda", "*.cpp")))]
     include_dirs += pip_cuda_include_dirs()
+    nvcc_flags = ["-O3", "-Xcompiler=-Wall,-Wextra", "-DPENACT_WITH_CUDA"]
+    if os.environ.get("CI") == "true":
+        nvcc_flags += ["-Werror", "all-warnings"]  # nvcc's own warnings and the host compiler's
     extension = CUDAExtension(
         "penact._C",
         sources,
@@ -84,7 +89,7 @@ if toolkit:
         define_macros=[("PENACT_WITH_CUDA", None)],
         extra_compile_args={
             "cxx": cxx_flags + ["-DPENACT_WITH_CUDA"],
-            "nvcc": ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-Wall", "-DPENACT_WITH_CUDA"],
+            "nvcc": nvcc_flags,
         },
         extra_link_args=extra_link_args,
     )

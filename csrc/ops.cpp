@@ -67,7 +67,7 @@ at::Tensor checked_labels(const at::Tensor& labels, int64_t num_classes) {
 }
 
 void check_sample_args(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
-                       double radius, int64_t offset) {
+                       double radius, int64_t offset, std::optional<at::ScalarType> dtype) {
   TORCH_CHECK(mean_direction.dim() == 2, "penact: mean_direction must have shape [C, D], got ",
               mean_direction.sizes());
   TORCH_CHECK(is_compute_floating(mean_direction), "penact: mean_direction must be float32 or float64, got ",
@@ -82,6 +82,11 @@ void check_sample_args(const at::Tensor& mean_direction, const at::Tensor& kappa
   check_same_device(mean_direction, "mean_direction", labels, "labels");
   check_radius(radius);
   TORCH_CHECK(offset >= 0, "penact: offset must be non-negative, got ", offset);
+  if (dtype.has_value()) {
+    const bool reduced = (*dtype == at::kHalf || *dtype == at::kBFloat16) && mean_direction.scalar_type() == at::kFloat;
+    TORCH_CHECK(*dtype == mean_direction.scalar_type() || reduced, "penact: dtype must be the dtype of mean_direction (",
+                mean_direction.scalar_type(), "), or float16/bfloat16 with float32 mean_direction; got ", *dtype);
+  }
 }
 
 void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* log_normalizer,
@@ -112,11 +117,21 @@ void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at
   check_radius(radius);
 }
 
+void check_log_prob_backward_args(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& labels, double radius) {
+  check_log_prob_args(x, weight, nullptr, &labels, radius);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0), "penact: grad must have shape [N] = [", x.size(0),
+              "], got ", grad.sizes());
+  check_same_device(x, "x", grad, "grad");
+}
+
 TORCH_LIBRARY(penact, m) {
   m.def("log_bessel_iv(Tensor order, Tensor x) -> Tensor");
   m.def("bessel_iv_ratio(Tensor order, Tensor x) -> Tensor");
   m.def("vmf_log_normalizer(Tensor kappa, int dim) -> Tensor");
-  m.def("vmf_sample(Tensor mean_direction, Tensor kappa, Tensor labels, float radius, int seed, int offset) -> Tensor");
+  m.def(
+      "vmf_sample(Tensor mean_direction, Tensor kappa, Tensor labels, float radius, int seed, int offset, "
+      "ScalarType? dtype=None) -> Tensor");
   m.def("vmf_log_prob(Tensor x, Tensor weight, Tensor log_normalizer, Tensor labels, float radius) -> Tensor");
   m.def(
       "vmf_log_prob_backward(Tensor grad, Tensor x, Tensor weight, Tensor labels, float radius, "

@@ -13,12 +13,18 @@ void check_elementwise_args(const at::Tensor& order, const at::Tensor& x);
 void check_log_normalizer_args(const at::Tensor& kappa, int64_t dim);
 
 // mean_direction: [C, D], kappa: [C], labels: [N] integer in [0, C), radius > 0, seed, offset >= 0.
+// dtype: the output's, absent for mean_direction's; float16/bfloat16 only with float32 mean_direction.
 void check_sample_args(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
-                       double radius, int64_t offset);
+                       double radius, int64_t offset, std::optional<at::ScalarType> dtype);
 
 // x: [N, D], weight: [C, D], log_normalizer: [C], labels: [N]; a null pointer skips that argument.
 void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* log_normalizer,
                          const at::Tensor* labels, double radius);
+
+// grad: [N] on the device of x, and the checks of check_log_prob_args for the backward pass of
+// vmf_log_prob (which takes no log_normalizer).
+void check_log_prob_backward_args(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& labels, double radius);
 
 // Labels as contiguous int64, after checking their range against num_classes.
 at::Tensor checked_labels(const at::Tensor& labels, int64_t num_classes);

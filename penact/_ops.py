@@ -62,16 +62,18 @@ def vmf_mean_resultant(dim: int, kappa: Tensor) -> Tensor:
     return bessel_iv_ratio(0.5 * dim - 1.0, kappa)
 
 
-def vmf_sample(mean_direction: Tensor, kappa: Tensor, labels: Tensor, radius: float, seed: int, offset: int) -> Tensor:
+def vmf_sample(mean_direction: Tensor, kappa: Tensor, labels: Tensor, radius: float, seed: int, offset: int,
+               dtype: torch.dtype | None = None) -> Tensor:
     r"""Draws ``x_i = r u_i`` with ``u_i ~ vMF(mean_direction[labels[i]], kappa[labels[i]])``.
 
     ``mean_direction: [C, D]`` unit rows, ``kappa: [C]`` finite and ``>= 0`` (a row with an invalid
     concentration comes out NaN), ``labels: [N]`` in ``[0, C)``. Row ``i`` draws only from the
-    Philox stream ``(seed, offset + i)``. Returns ``[N, D]`` in the dtype of ``mean_direction``.
-    Not differentiable (the inputs are detached).
+    Philox stream ``(seed, offset + i)``. Returns ``[N, D]`` in ``dtype``: by default the dtype of
+    ``mean_direction``; float16 or bfloat16 with a float32 ``mean_direction`` (computed in float32,
+    rounded once on output). Not differentiable (the inputs are detached).
     """
     return _ops.vmf_sample.default(mean_direction.detach(), kappa.detach(), labels, float(radius),
-                                   _as_int64(seed), int(offset))
+                                   _as_int64(seed), int(offset), dtype=dtype)
 
 
 def vmf_log_prob(x: Tensor, weight: Tensor, log_normalizer: Tensor, labels: Tensor, radius: float) -> Tensor:
@@ -116,8 +118,8 @@ def _(kappa, dim):
 
 
 @torch.library.register_fake("penact::vmf_sample")
-def _(mean_direction, kappa, labels, radius, seed, offset):
-    return mean_direction.new_empty(labels.shape[0], mean_direction.shape[1])
+def _(mean_direction, kappa, labels, radius, seed, offset, dtype=None):
+    return mean_direction.new_empty(labels.shape[0], mean_direction.shape[1], dtype=dtype)
 
 
 @torch.library.register_fake("penact::vmf_log_prob")

@@ -92,11 +92,12 @@ PENACT_HD BesselValues bessel_by_recurrence(double v, double x) {
   return out;
 }
 
-// log I_v(x) and A(v, x) for v >= 0, x >= 0 (callers check the domain).
+// log I_v(x) and A(v, x) for v >= 0, x >= 0. A negative (or NaN) order gives NaN: the recurrence
+// below would take about |v| steps, an endless loop for large |v| (and a hung GPU kernel).
 PENACT_HD BesselValues bessel_iv(double v, double x) {
   if (x == 0.0) return {v == 0.0 ? 0.0 : -INFINITY, 0.0};
   if (isinf(x)) return {INFINITY, 1.0};
-  if (isnan(x) || isnan(v)) return {NAN, NAN};
+  if (isnan(x) || !(v >= 0.0)) return {NAN, NAN};
   if (in_series_region(v, 0.25 * x * x)) return bessel_series(v, x);
   if (v >= kOlverMinOrder) {
     const OlverParts parts = olver_parts(v, x);

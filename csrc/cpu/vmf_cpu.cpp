@@ -64,11 +64,12 @@ void row_normals(uint64_t seed, uint64_t row, T* gauss, int64_t dim) {
 
 // u = t mu + sqrt(1 - t^2) v, with v the normalized part of a Gaussian vector orthogonal to mu
 // (no rotation matrix, no Householder vector, which is singular when mu lies on an axis).
-template <typename T>
+// Computed in T, stored as Out (float16/bfloat16 outputs of a float32 computation).
+template <typename T, typename Out>
 void sample_row(uint64_t seed, uint64_t row, const T* mu, double kappa, double radius, int64_t dim, T* gauss,
-                T* out) {
+                Out* out) {
   if (!(kappa >= 0.0) || isinf(kappa)) {  // invalid concentration: a NaN row, never an endless loop
-    for (int64_t k = 0; k < dim; ++k) out[k] = static_cast<T>(NAN);
+    for (int64_t k = 0; k < dim; ++k) out[k] = static_cast<Out>(NAN);
     return;
   }
   RowStream stream(seed, row);
@@ -86,46 +87,28 @@ void sample_row(uint64_t seed, uint64_t row, const T* mu, double kappa, double r
   // A zero orthogonal part has probability zero; guard the division all the same.
   const T scale_orth =
       orth_norm2 > T(0) ? static_cast<T>(radius * cosine.sine / std::sqrt(static_cast<double>(orth_norm2))) : T(0);
-  for (int64_t k = 0; k < dim; ++k) out[k] = scale_mu * mu[k] + scale_orth * gauss[k];
+  for (int64_t k = 0; k < dim; ++k) out[k] = static_cast<Out>(scale_mu * mu[k] + scale_orth * gauss[k]);
 }
 
-template <typename T>
+template <typename T, typename Out>
 struct SampleArgs {
   const T* mean_direction;  // [C, D]
   const double* kappa;      // [C]
   const int64_t* labels;    // [N]
-  T* out;                   // [N, D]
+  Out* out;                 // [N, D]
   int64_t dim;
   double radius;
   uint64_t seed, offset;
 };
 
-template <typename T>
-PENACT_CPU_DISPATCH void sample_rows(const SampleArgs<T>& args, int64_t begin, int64_t end) {
+template <typename T, typename Out>
+PENACT_CPU_DISPATCH void sample_rows(const SampleArgs<T, Out>& args, int64_t begin, int64_t end) {
   std::vector<T> gauss(static_cast<size_t>(args.dim));
   for (int64_t i = begin; i < end; ++i) {
     const int64_t y = args.labels[i];
-    sample_row<T>(args.seed, args.offset + static_cast<uint64_t>(i), args.mean_direction + y * args.dim,
-                  args.kappa[y], args.radius, args.dim, gauss.data(), args.out + i * args.dim);
+    sample_row<T, Out>(args.seed, args.offset + static_cast<uint64_t>(i), args.mean_direction + y * args.dim,
+                       args.kappa[y], args.radius, args.dim, gauss.data(), args.out + i * args.dim);
   }
-}
-
-at::Tensor vmf_sample_cpu(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
-                          double radius, int64_t seed, int64_t offset) {
-  check_sample_args(mean_direction, kappa, labels, radius, offset);
-  const at::Tensor mu = mean_direction.contiguous();
-  const at::Tensor kap = kappa.to(at::kDouble).contiguous();
-  const at::Tensor lab = checked_labels(labels, mu.size(0));
-  const int64_t n = lab.size(0), dim = mu.size(1);
-  at::Tensor out = at::empty({n, dim}, mu.options());
-  if (n == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "vmf_sample_cpu", [&] {
-    const SampleArgs<scalar_t> args{mu.data_ptr<scalar_t>(), kap.data_ptr<double>(), lab.data_ptr<int64_t>(),
-                                    out.data_ptr<scalar_t>(),  dim, radius, static_cast<uint64_t>(seed),
-                                    static_cast<uint64_t>(offset)};
-    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) { sample_rows(args, begin, end); });
-  });
-  return out;
 }
 
 // Calls f(X{}, W{}) with the element types of x and weight (pairs allowed by check_log_prob_args).
@@ -138,6 +121,27 @@ void dispatch_x_weight(const at::Tensor& x, const at::Tensor& weight, F&& f) {
     case at::kBFloat16: return f(at::BFloat16{}, float{});
     default: TORCH_CHECK(false, "penact: unsupported dtype of x: ", x.scalar_type());
   }
+}
+
+at::Tensor vmf_sample_cpu(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
+                          double radius, int64_t seed, int64_t offset, std::optional<at::ScalarType> dtype) {
+  check_sample_args(mean_direction, kappa, labels, radius, offset, dtype);
+  const at::Tensor mu = mean_direction.contiguous();
+  const at::Tensor kap = kappa.to(at::kDouble).contiguous();
+  const at::Tensor lab = checked_labels(labels, mu.size(0));
+  const int64_t n = lab.size(0), dim = mu.size(1);
+  at::Tensor out = at::empty({n, dim}, mu.options().dtype(dtype.value_or(mu.scalar_type())));
+  if (n == 0) return out;
+  // The (output, computation) dtype pairs are those of (x, weight) in log_prob.
+  dispatch_x_weight(out, mu, [&](auto out_tag, auto compute_tag) {
+    using Out = decltype(out_tag);
+    using T = decltype(compute_tag);
+    const SampleArgs<T, Out> args{mu.data_ptr<T>(), kap.data_ptr<double>(), lab.data_ptr<int64_t>(),
+                                  out.data_ptr<Out>(), dim, radius, static_cast<uint64_t>(seed),
+                                  static_cast<uint64_t>(offset)};
+    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) { sample_rows(args, begin, end); });
+  });
+  return out;
 }
 
 // log p(x_i | y_i) = log C_D(kappa_y) + r w_y . x_i / ||x_i||: norm and dot in one read of x_i.
@@ -227,9 +231,7 @@ std::tuple<at::Tensor, at::Tensor> vmf_log_prob_backward_cpu(const at::Tensor& g
                                                              const at::Tensor& weight, const at::Tensor& labels,
                                                              double radius, bool need_x_grad,
                                                              bool need_weight_grad) {
-  check_log_prob_args(x, weight, nullptr, &labels, radius);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0), "penact: grad must have shape [N] = [", x.size(0),
-              "], got ", grad.sizes());
+  check_log_prob_backward_args(grad, x, weight, labels, radius);
   const at::Tensor xc = x.contiguous(), w = weight.contiguous();
   const at::Tensor g = grad.to(w.scalar_type()).contiguous();
   const at::Tensor lab = checked_labels(labels, w.size(0));
