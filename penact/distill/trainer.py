@@ -15,7 +15,7 @@ Methods (combinable with ``+``, e.g. ``"synth+weighted"``):
   1), with ``tau`` the standard deviation of ``log p(a)`` under the model's own samples, so
   off-domain samples (low density) count less.
 
-Distributed: under ``torch.distributed`` (``torchrun``; gloo on CPU, NCCL on GPU) the student is
+Distributed: under ``torch.distributed`` (``torchrun``; tested with gloo on CPU) the student is
 wrapped in ``DistributedDataParallel``, the transfer data are sharded by a ``DistributedSampler``,
 ``batch_size`` is the global batch (each rank takes ``batch_size / world_size``), each rank
 synthesizes its share of the pool (then all ranks gather the whole pool), and rank ``r`` draws
