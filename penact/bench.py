@@ -301,10 +301,12 @@ class Problem:
                     labels=self.labels.cpu().numpy(),
                     log_prior=self.dist.log_prior.double().cpu().numpy())
 
-    @functools.lru_cache(maxsize=None)
     def frozen(self, c: int):
         """The frozen ``scipy.stats.vonmises_fisher`` of class ``c`` (built on first use)."""
-        return _scipy()[0][0].vonmises_fisher(self.numpy["mu"][c], self.numpy["kappa"][c])
+        cache = self.__dict__.setdefault("_frozen", {})
+        if c not in cache:
+            cache[c] = _scipy()[0][0].vonmises_fisher(self.numpy["mu"][c], self.numpy["kappa"][c])
+        return cache[c]
 
     @functools.cached_property
     def groups(self) -> list[tuple[int, np.ndarray]]:
@@ -425,20 +427,21 @@ def _scipy_sample(p: Problem, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _loop_estimate(body: Callable[[int, np.ndarray], Any], groups: list[tuple[int, np.ndarray]]):
-    """A cheap prediction of ``for c, rows in groups: body(c, rows)``: the fixed cost of a class
-    from a call on one row, the cost of a row from a call on up to 256 rows (scipy's sampler pays
-    a D x D QR decomposition per call, so a class costs far more than its rows suggest)."""
+def _loop_estimate(body: Callable[[int, np.ndarray], Any], first: tuple[int, np.ndarray], calls: int,
+                   total_rows: int):
+    """A cheap prediction of a loop of ``calls`` calls ``body(c, rows)`` over ``total_rows`` rows in
+    all, from its ``first`` call's class and rows: the fixed cost of a call from one row, the cost
+    of a row from up to 256 rows (scipy's sampler pays a D x D QR decomposition per call, so a
+    class costs far more than its rows suggest)."""
     def estimate(budget: float) -> float:
-        c, rows = groups[0]
+        c, rows = first
         body(c, rows[:1])  # first-call effects
         fixed = _timed_call(lambda: body(c, rows[:1]), "wall")
-        total_rows = sum(r.size for _, r in groups)
-        if fixed * len(groups) > budget or rows.size == 1:
-            return fixed * len(groups)  # already over budget (or nothing more to learn)
+        if fixed * calls > budget or rows.size == 1:
+            return fixed * calls  # already over budget (or nothing more to learn)
         some = rows[:256]
         per_row = max(_timed_call(lambda: body(c, some), "wall") - fixed, 0.0) / (some.size - 1)
-        return fixed * len(groups) + per_row * total_rows
+        return fixed * calls + per_row * total_rows
     return estimate
 
 
@@ -515,23 +518,25 @@ def _composite_peer(op: str, p: Problem, clock: str) -> Peer:
 def _scipy_peer(op: str, p: Problem, clock: str) -> Peer:
     note = "CPU, float64, loop over classes"
     special = _scipy()[0][1]
-    x = p.numpy["x"] if op != "sample" else None
-    every_class = [(c, np.arange(p.size)) for c in range(p.num_classes)]
+    def log_pdf(c, rows):
+        return p.frozen(c).logpdf(p.numpy["x"][rows])
+
+    # log_prob loops over the classes present; log_prob_all / log_marginal over every class, all rows
+    labelled = dict(first=p.groups[0], calls=len(p.groups), total_rows=p.size)
+    every_class = dict(first=(0, np.arange(min(p.size, 256))), calls=p.num_classes, total_rows=p.size * p.num_classes)
     if op == "sample":
         rng = np.random.default_rng(p.seed)
         return Peer("scipy", lambda: _scipy_sample(p, rng), note=note, estimate=_loop_estimate(
-            lambda c, rows: p.frozen(c).rvs(rows.size, random_state=rng), p.groups))
+            lambda c, rows: p.frozen(c).rvs(rows.size, random_state=rng), **labelled))
     if op == "log_prob":
-        return Peer("scipy", lambda: _scipy_log_prob(p), note=note,
-                    estimate=_loop_estimate(lambda c, rows: p.frozen(c).logpdf(x[rows]), p.groups))
+        return Peer("scipy", lambda: _scipy_log_prob(p), note=note, estimate=_loop_estimate(log_pdf, **labelled))
     if op == "log_prob_backward":
         return Peer("scipy", skip="scipy has no automatic differentiation")
     if op == "log_prob_all":
-        return Peer("scipy", lambda: _scipy_log_prob_all(p), note=note,
-                    estimate=_loop_estimate(lambda c, rows: p.frozen(c).logpdf(x[rows]), every_class))
+        return Peer("scipy", lambda: _scipy_log_prob_all(p), note=note, estimate=_loop_estimate(log_pdf, **every_class))
     if op == "log_marginal":
         return Peer("scipy", lambda: special.logsumexp(_scipy_log_prob_all(p) + p.numpy["log_prior"], axis=1),
-                    note=note, estimate=_loop_estimate(lambda c, rows: p.frozen(c).logpdf(x[rows]), every_class))
+                    note=note, estimate=_loop_estimate(log_pdf, **every_class))
     raise ValueError(op)
 
 
@@ -792,12 +797,10 @@ def run_grid(settings: Settings, bandwidth: dict, progress) -> list[dict]:
     """Every operation on the grid D x C x kappa x N, N ascending (so slow peers can be predicted)."""
     records = []
     history: dict[tuple, list[tuple[int, float]]] = {}
-    itemsize = torch.tensor([], dtype=settings.dtype).element_size()
     density_ops = [op for op in settings.ops if op not in SPECIAL_OPS]
     special_ops = [op for op in settings.ops if op in SPECIAL_OPS]
     for dim in settings.dims:
         for regime in settings.regimes:
-            kappa_range = tuple(multiple * dim for multiple in REGIMES[regime])
             for class_index, num_classes in enumerate(settings.classes):
                 for size in settings.sizes:
                     cases = [(op, num_classes) for op in density_ops
@@ -806,33 +809,36 @@ def run_grid(settings: Settings, bandwidth: dict, progress) -> list[dict]:
                         cases += [(op, None) for op in special_ops]
                     if not cases:
                         continue
-                    problem = Problem(dim, class_kappas(num_classes, *kappa_range), size, settings.device,
-                                      settings.dtype, settings.seed) if any(c is not None for _, c in cases) else None
-                    special = SpecialProblem(dim, size, kappa_range, settings.device, settings.dtype) \
-                        if special_ops and class_index == 0 else None
-                    for op, case_classes in cases:
-                        progress.set_postfix_str(f"{op} D={dim} C={case_classes or '-'} kappa {regime} N={size:.0e}")
-                        p = special if case_classes is None else problem
-                        key = (op, dim, case_classes, regime)
-                        predicted = {name: _predict(history.get(key + (name,), []), size) for name in PEERS + (LIMIT,)}
-                        predicted = {name: value for name, value in predicted.items() if value is not None}
-                        peers = peers_for(op, p, settings)
-                        results = measure(peers, settings, predicted)
-                        load = os.getloadavg()[0]
-                        for name, result in results.items():
-                            if result["status"] == "ok":
-                                history.setdefault(key + (name,), []).append((size, result["time_s"]))
-                        records.append(dict(
-                            op=op, D=dim, C=case_classes, N=size, kappa=regime,
-                            kappa_range=list(kappa_range), dtype=str(settings.dtype).replace("torch.", ""),
-                            device=str(settings.device), load_1min=load,
-                            bytes_moved=bytes_moved(op, size, dim, case_classes or 0, itemsize),
-                            bandwidth_bound_s=bytes_moved(op, size, dim, case_classes or 0, itemsize)
-                            / bandwidth["bytes_per_s"],
-                            peers=results))
-                        progress.update(1)
-                    del problem, special
-                    gc.collect()
+                    records += _measure_cases(cases, dim, num_classes, size, regime, settings, bandwidth,
+                                              history, progress)
+                    gc.collect()  # the case's inputs and its peers' closures (and autograd graphs)
+    return records
+
+
+def _measure_cases(cases, dim, num_classes, size, regime, settings, bandwidth, history, progress) -> list[dict]:
+    """The operations ``cases`` (``(op, C or None)``) on one set of inputs of the grid."""
+    kappa_range = tuple(multiple * dim for multiple in REGIMES[regime])
+    itemsize = torch.tensor([], dtype=settings.dtype).element_size()
+    problem = Problem(dim, class_kappas(num_classes, *kappa_range), size, settings.device, settings.dtype,
+                      settings.seed) if any(c is not None for _, c in cases) else None
+    special = SpecialProblem(dim, size, kappa_range, settings.device, settings.dtype) \
+        if any(c is None for _, c in cases) else None
+    records = []
+    for op, case_classes in cases:
+        progress.set_postfix_str(f"{op} D={dim} C={case_classes or '-'} kappa {regime} N={size:.0e}")
+        key = (op, dim, case_classes, regime)
+        predicted = {name: _predict(history.get(key + (name,), []), size) for name in PEERS + (LIMIT,)}
+        predicted = {name: value for name, value in predicted.items() if value is not None}
+        results = measure(peers_for(op, special if case_classes is None else problem, settings), settings, predicted)
+        for name, result in results.items():
+            if result["status"] == "ok":
+                history.setdefault(key + (name,), []).append((size, result["time_s"]))
+        moved = bytes_moved(op, size, dim, case_classes or 0, itemsize)
+        records.append(dict(op=op, D=dim, C=case_classes, N=size, kappa=regime, kappa_range=list(kappa_range),
+                            dtype=str(settings.dtype).replace("torch.", ""), device=str(settings.device),
+                            load_1min=os.getloadavg()[0], bytes_moved=moved,
+                            bandwidth_bound_s=moved / bandwidth["bytes_per_s"], peers=results))
+        progress.update(1)
     return records
 
 
