@@ -103,12 +103,7 @@ class Timings:
     total: float = 0.0        # training loop, pool synthesis included
     synthesis: float = 0.0    # building and refreshing the pool (teacher forward/backward on inputs)
     sampler: float = 0.0      # distribution.sample
-    log_density: float = 0.0  # distribution.log_marginal / log_prob
-
-    def shares(self) -> dict[str, float]:
-        total = self.total or float("nan")
-        return {"sampler": self.sampler / total, "log_density": self.log_density / total,
-                "synthesis": self.synthesis / total}
+    log_density: float = 0.0  # distribution.log_marginal
 
 
 def stream_seed(*parts) -> int:
