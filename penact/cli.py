@@ -1,6 +1,6 @@
 """The ``penact`` command: ``penact <subcommand> ...``.
 
-A subcommand is a module with a docstring (its first line is the help text), an
+A subcommand is a module with a docstring (its first paragraph is the help text), an
 ``add_arguments(parser)`` and a ``main(args) -> int``. Adding one is a line in ``SUBCOMMANDS``.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
-        summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None
+        summary = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
         subparser = subparsers.add_parser(name, help=summary, description=module.__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(subparser)
