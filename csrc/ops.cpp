@@ -27,6 +27,8 @@ void check_radius(double radius) {
   TORCH_CHECK(std::isfinite(radius) && radius > 0, "penact: radius must be a finite positive number, got ", radius);
 }
 
+}  // namespace
+
 // Reading a label outside [0, C) would read out of bounds, so the range is always checked. On CUDA
 // this costs one synchronization, which graph capture forbids: there the kernels' own guard
 // (a NaN row instead of an out-of-bounds read) is the check.
@@ -37,8 +39,6 @@ bool can_check_values(const at::Tensor& t) {
   (void)t;
   return true;
 }
-
-}  // namespace
 
 void check_elementwise_args(const at::Tensor& order, const at::Tensor& x) {
   TORCH_CHECK(is_real_floating(x), "penact: x must be a floating point tensor, got ", x.scalar_type());

@@ -1,0 +1,539 @@
+// CPU implementations of the rectified operators (SPEC section 2b). The math is core/rectified.h,
+// the code the CUDA kernels run; this file is layout: per-class tables computed once per call,
+// rows in parallel (at::parallel_for), and inner loops over lanes that the compiler vectorizes.
+// The sampling and log-density loops are compiled twice, portable and AVX2 + FMA, and the AVX2
+// version runs where the CPU has it (philox_lanes.h).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <limits>
+#include <vector>
+
+#include "../core/rectified.h"
+#include "../ops.h"
+#include "../rectified_ops.h"
+#include "dispatch.h"
+#include "philox_lanes.h"
+
+namespace penact {
+namespace {
+
+constexpr int kLanes = 16;  // independent accumulators: a full AVX-512 float register, hides FMA latency
+
+// ---------------------------------------------------------------------------------------------
+// Sampling.
+
+// A coordinate whose truncation point lies beyond kInverseLimit (drawn by Robert's sampler).
+struct FarTailCoordinate {
+  int64_t coordinate;
+  double alpha;
+};
+
+// What a row of class y needs per coordinate, computed once per call (in double, by the core) for
+// the classes that are drawn: the inverse-CDF parameters in the output dtype, [C, D], and the
+// far-tail coordinates of each class.
+template <typename T>
+struct DrawTables {
+  int64_t dim;
+  std::vector<T> nonzero, shift, upper, lower, scale;
+  std::vector<std::vector<FarTailCoordinate>> far_tail;
+};
+
+template <typename T>
+DrawTables<T> draw_tables(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& zero_mass,
+                          const at::Tensor& labels) {
+  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  const at::Tensor s = scale.to(at::kDouble).contiguous();
+  const at::Tensor m = zero_mass.to(at::kDouble).contiguous();
+  const int64_t num_classes = w.size(0), dim = w.size(1);
+  const at::Tensor drawn = at::bincount(labels, {}, num_classes).gt(0).to(at::kByte).contiguous();
+  DrawTables<T> t;
+  t.dim = dim;
+  const size_t cells = static_cast<size_t>(num_classes * dim);
+  t.nonzero.assign(cells, T(0));
+  t.shift.assign(cells, T(0));
+  t.upper.assign(cells, T(0.5));
+  t.lower.assign(cells, T(0.5));
+  t.far_tail.resize(static_cast<size_t>(num_classes));
+  const double* w_data = w.data_ptr<double>();
+  const double* s_data = s.data_ptr<double>();
+  const double* m_data = m.data_ptr<double>();
+  const uint8_t* drawn_data = drawn.data_ptr<uint8_t>();
+  t.scale.resize(static_cast<size_t>(dim));
+  for (int64_t j = 0; j < dim; ++j) t.scale[j] = static_cast<T>(s_data[j]);
+  at::parallel_for(0, num_classes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      if (!drawn_data[c]) continue;
+      for (int64_t j = 0; j < dim; ++j) {
+        const RectifiedDrawParams<T> p = rectified_draw_params<T>(w_data[c * dim + j], s_data[j], m_data[j]);
+        const int64_t cell = c * dim + j;
+        t.nonzero[cell] = p.nonzero;
+        t.shift[cell] = p.shift;
+        t.upper[cell] = p.upper;
+        t.lower[cell] = p.lower;
+        if (p.far_tail) t.far_tail[c].push_back({j, p.alpha});
+      }
+    }
+  });
+  return t;
+}
+
+// A chunk: the coordinates that kPhiloxBlocksPerCall consecutive blocks feed (layout in core/rectified.h).
+template <typename T>
+struct Chunk;
+
+template <>
+struct Chunk<float> {
+  static constexpr int kCoordinates = 2 * kPhiloxBlocksPerCall;
+  // Within each 16 coordinates, the first 8 read words 0 (decision) and 1 (value) of 8 consecutive
+  // blocks, the next 8 words 2 and 3 of the same blocks.
+  static PENACT_ALWAYS_INLINE void uniforms(const uint32_t words[4][kPhiloxBlocksPerCall], float* decision,
+                                            float* value) {
+    for (int g = 0; g < kPhiloxBlocksPerCall / 8; ++g) {
+      for (int l = 0; l < 8; ++l) {
+        const int block = 8 * g + l;
+        decision[16 * g + l] = uniform_open_float(words[0][block]);
+        value[16 * g + l] = uniform_open_float(words[1][block]);
+        decision[16 * g + 8 + l] = uniform_open_float(words[2][block]);
+        value[16 * g + 8 + l] = uniform_open_float(words[3][block]);
+      }
+    }
+  }
+};
+
+template <>
+struct Chunk<double> {
+  static constexpr int kCoordinates = kPhiloxBlocksPerCall;
+  static PENACT_ALWAYS_INLINE void uniforms(const uint32_t words[4][kPhiloxBlocksPerCall], double* decision,
+                                            double* value) {
+    for (int l = 0; l < kPhiloxBlocksPerCall; ++l) {
+      decision[l] = uniform_open_double(words[0][l], words[1][l]);
+      value[l] = uniform_open_double(words[2][l], words[3][l]);
+    }
+  }
+};
+
+template <typename T>
+struct SampleArgs {
+  const DrawTables<T>* tables;
+  const int64_t* labels;
+  uint64_t seed;
+  int64_t offset;
+  T* out;
+};
+
+// Rows [begin, end): whole chunks from Philox blocks in lanes, the last partial chunk one coordinate
+// at a time (the same words, see rectified_uniforms), then the far-tail coordinates drawn non-zero.
+template <typename T, typename Philox>
+PENACT_ALWAYS_INLINE void sample_rows(const SampleArgs<T>& args, int64_t begin, int64_t end) {
+  const DrawTables<T>& t = *args.tables;
+  constexpr int kWidth = Chunk<T>::kCoordinates;
+  const int64_t dim = t.dim, whole = dim / kWidth * kWidth;
+  const T* scale = t.scale.data();
+  const T smallest = std::numeric_limits<T>::min();
+  alignas(64) uint32_t words[4][kPhiloxBlocksPerCall];
+  alignas(64) T decision[kWidth], value[kWidth];
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t y = args.labels[i];
+    const uint64_t row = static_cast<uint64_t>(args.offset + i);
+    const T* nonzero = t.nonzero.data() + y * dim;
+    const T* shift = t.shift.data() + y * dim;
+    const T* upper = t.upper.data() + y * dim;
+    const T* lower = t.lower.data() + y * dim;
+    T* out = args.out + i * dim;
+    for (int64_t j0 = 0; j0 < whole; j0 += kWidth) {
+      Philox::blocks(args.seed, row, static_cast<uint64_t>(j0 / kWidth * kPhiloxBlocksPerCall), words);
+      Chunk<T>::uniforms(words, decision, value);
+      for (int l = 0; l < kWidth; ++l) {
+        const int64_t j = j0 + l;
+        out[j] = rectified_draw<T>(decision[l], value[l], nonzero[j], shift[j], upper[j], lower[j], scale[j]);
+      }
+    }
+    for (int64_t j = whole; j < dim; ++j) {
+      T d, v;
+      rectified_uniforms(args.seed, row, j, &d, &v);
+      out[j] = rectified_draw<T>(d, v, nonzero[j], shift[j], upper[j], lower[j], scale[j]);
+    }
+    for (const FarTailCoordinate& f : t.far_tail[y]) {
+      if (out[f.coordinate] == T(0)) continue;  // the decision drew the atom at 0
+      RowStream stream = far_tail_stream(args.seed, row, f.coordinate);
+      const T a = static_cast<T>(static_cast<double>(scale[f.coordinate]) * robert_excess(stream, f.alpha));
+      out[f.coordinate] = a > smallest ? a : smallest;
+    }
+  }
+}
+
+template <typename T>
+void sample_rows_portable(const SampleArgs<T>& args, int64_t begin, int64_t end) {
+  sample_rows<T, PhiloxPortable>(args, begin, end);
+}
+
+#if defined(PENACT_X86_DISPATCH)
+template <typename T>
+PENACT_TARGET_AVX2 void sample_rows_avx2(const SampleArgs<T>& args, int64_t begin, int64_t end) {
+  sample_rows<T, PhiloxAvx2>(args, begin, end);
+}
+#endif
+
+at::Tensor rectified_sample_cpu(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& zero_mass,
+                                const at::Tensor& labels, int64_t seed, int64_t offset) {
+  check_rectified_sample_args(weight, scale, zero_mass, labels, offset);
+  const at::Tensor lab = checked_labels(labels, weight.size(0));
+  const int64_t n = lab.size(0), dim = weight.size(1);
+  at::Tensor out = at::empty({n, dim}, weight.options());
+  if (n == 0 || dim == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "rectified_sample_cpu", [&] {
+    const DrawTables<scalar_t> tables = draw_tables<scalar_t>(weight, scale, zero_mass, lab);
+    const SampleArgs<scalar_t> args{&tables, lab.data_ptr<int64_t>(), static_cast<uint64_t>(seed), offset,
+                                    out.data_ptr<scalar_t>()};
+#if defined(PENACT_X86_DISPATCH)
+    const bool avx2 = use_avx2();
+#else
+    const bool avx2 = false;
+#endif
+    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) {
+#if defined(PENACT_X86_DISPATCH)
+      if (avx2) return sample_rows_avx2<scalar_t>(args, begin, end);
+#endif
+      (void)avx2;
+      sample_rows_portable<scalar_t>(args, begin, end);
+    });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log-densities.
+
+// The base measure per coordinate in the accumulation type: 1 / (2 s^2) and log m.
+template <typename W>
+struct BaseMeasure {
+  std::vector<W> half_precision, log_zero_mass;
+};
+
+template <typename W>
+BaseMeasure<W> base_measure(const at::Tensor& scale, const at::Tensor& zero_mass) {
+  const at::Tensor s = scale.to(at::kDouble).contiguous(), m = zero_mass.to(at::kDouble).contiguous();
+  const double* s_data = s.data_ptr<double>();
+  const double* m_data = m.data_ptr<double>();
+  BaseMeasure<W> base;
+  for (int64_t j = 0; j < s.numel(); ++j) {
+    base.half_precision.push_back(static_cast<W>(0.5 / (s_data[j] * s_data[j])));
+    base.log_zero_mass.push_back(static_cast<W>(std::log(m_data[j])));
+  }
+  return base;
+}
+
+// One row: sum_j w_j a_j (when w is given) + sum_j [a_j > 0 ? -a_j^2 / (2 s_j^2) : log m_j], and
+// how many a_j were negative or NaN (the value check, fused into the one read of the row).
+template <typename W>
+struct RowDensity {
+  W value;
+  W bad;
+};
+
+template <bool kWithDot, typename W, typename X>
+PENACT_ALWAYS_INLINE void accumulate_coordinate(const W* w, const X* a, const W* half_precision,
+                                                const W* log_zero_mass, int64_t j, W* acc, W* bad) {
+  const W av = static_cast<W>(a[j]);
+  // Both terms are formed before the select: a load inside one branch would stop vectorization.
+  const W slab = -av * av * half_precision[j];
+  const W atom = log_zero_mass[j];
+  const W base = av > W(0) ? slab : atom;
+  if constexpr (kWithDot) {
+    *acc += w[j] * av + base;
+  } else {
+    *acc += base;
+  }
+  *bad += static_cast<W>(!(av >= W(0)));  // a select here stops GCC 12's vectorizer; NaN counts too
+}
+
+template <bool kWithDot, typename W, typename X>
+PENACT_ALWAYS_INLINE RowDensity<W> row_log_density(const W* w, const X* a, const W* half_precision,
+                                                   const W* log_zero_mass, int64_t n) {
+  W acc[kLanes] = {}, bad[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      accumulate_coordinate<kWithDot>(w, a, half_precision, log_zero_mass, k + l, &acc[l], &bad[l]);
+    }
+  }
+  for (int l = 0; k < n; ++k, ++l) {
+    accumulate_coordinate<kWithDot>(w, a, half_precision, log_zero_mass, k, &acc[l], &bad[l]);
+  }
+  RowDensity<W> out{W(0), W(0)};
+  for (int l = 0; l < kLanes; ++l) {
+    out.value += acc[l];
+    out.bad += bad[l];
+  }
+  return out;
+}
+
+// Runs body(begin, end) over rows in parallel with the AVX2 build of `Rows` where available;
+// returns the total of the bad-entry counts the bodies report.
+template <typename Rows>
+int64_t parallel_rows(int64_t n, int64_t grain, const Rows& rows) {
+  std::atomic<int64_t> bad{0};
+#if defined(PENACT_X86_DISPATCH)
+  const bool avx2 = use_avx2();
+#endif
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+#if defined(PENACT_X86_DISPATCH)
+    if (avx2) {
+      bad += rows.avx2(begin, end);
+      return;
+    }
+#endif
+    bad += rows.portable(begin, end);
+  });
+  return bad.load();
+}
+
+template <typename W, typename X>
+struct LabelledRows {
+  const X* a;
+  const W* weight;
+  const W* log_partition;
+  const int64_t* labels;
+  const BaseMeasure<W>* base;
+  int64_t dim;
+  W* out;
+
+  PENACT_ALWAYS_INLINE int64_t run(int64_t begin, int64_t end) const {
+    W bad = W(0);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t y = labels[i];
+      const RowDensity<W> d = row_log_density<true>(weight + y * dim, a + i * dim, base->half_precision.data(),
+                                                     base->log_zero_mass.data(), dim);
+      out[i] = d.value - log_partition[y];
+      bad += d.bad;
+    }
+    return static_cast<int64_t>(bad);
+  }
+  int64_t portable(int64_t begin, int64_t end) const { return run(begin, end); }
+#if defined(PENACT_X86_DISPATCH)
+  PENACT_TARGET_AVX2 int64_t avx2(int64_t begin, int64_t end) const { return run(begin, end); }
+#endif
+};
+
+// log p(a_i | y_i) = w_y . a_i - sum_{a_ij > 0} a_ij^2 / (2 s_j^2) + sum_{a_ij = 0} log m_j - log Z_y.
+at::Tensor rectified_log_prob_cpu(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& scale,
+                                  const at::Tensor& zero_mass, const at::Tensor& log_partition,
+                                  const at::Tensor& labels) {
+  check_rectified_params(weight, scale, zero_mass);
+  check_rectified_activations(a, weight, &log_partition, &labels);
+  const at::Tensor ac = a.contiguous(), w = weight.contiguous(), logz = log_partition.contiguous();
+  const at::Tensor lab = checked_labels(labels, w.size(0));
+  const int64_t n = ac.size(0), dim = ac.size(1);
+  at::Tensor out = at::empty({n}, w.options());
+  dispatch_x_weight(ac, w, [&](auto x_tag, auto w_tag) {
+    using X = decltype(x_tag);
+    using W = decltype(w_tag);
+    const BaseMeasure<W> base = base_measure<W>(scale, zero_mass);
+    const LabelledRows<W, X> rows{ac.data_ptr<X>(),  w.data_ptr<W>(), logz.data_ptr<W>(), lab.data_ptr<int64_t>(),
+                                  &base,            dim,             out.data_ptr<W>()};
+    check_nonnegative_activations(parallel_rows(n, row_grain(dim), rows));
+  });
+  return out;
+}
+
+template <typename W, typename X>
+struct AllClassRows {
+  const X* a;
+  const W* log_partition;
+  const BaseMeasure<W>* base;
+  int64_t dim, num_classes;
+  W* out;  // [N, C], holding a W^T on entry
+
+  PENACT_ALWAYS_INLINE int64_t run(int64_t begin, int64_t end) const {
+    W bad = W(0);
+    for (int64_t i = begin; i < end; ++i) {
+      const RowDensity<W> d = row_log_density<false, W, X>(nullptr, a + i * dim, base->half_precision.data(),
+                                                            base->log_zero_mass.data(), dim);
+      W* row = out + i * num_classes;
+      for (int64_t c = 0; c < num_classes; ++c) row[c] += d.value - log_partition[c];
+      bad += d.bad;
+    }
+    return static_cast<int64_t>(bad);
+  }
+  int64_t portable(int64_t begin, int64_t end) const { return run(begin, end); }
+#if defined(PENACT_X86_DISPATCH)
+  PENACT_TARGET_AVX2 int64_t avx2(int64_t begin, int64_t end) const { return run(begin, end); }
+#endif
+};
+
+// [N, C] log-densities for every class: one matrix product a W^T (BLAS), then an epilogue that adds
+// the row's base-measure term and subtracts log Z_c, in place.
+at::Tensor rectified_log_prob_all_cpu(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& scale,
+                                      const at::Tensor& zero_mass, const at::Tensor& log_partition) {
+  check_rectified_params(weight, scale, zero_mass);
+  check_rectified_activations(a, weight, &log_partition, nullptr);
+  const at::Tensor ac = a.contiguous(), w = weight.contiguous(), logz = log_partition.contiguous();
+  at::Tensor out = at::mm(ac.to(w.scalar_type()), w.t()).contiguous();
+  const int64_t n = ac.size(0), dim = ac.size(1), num_classes = w.size(0);
+  dispatch_x_weight(ac, w, [&](auto x_tag, auto w_tag) {
+    using X = decltype(x_tag);
+    using W = decltype(w_tag);
+    const BaseMeasure<W> base = base_measure<W>(scale, zero_mass);
+    const AllClassRows<W, X> rows{ac.data_ptr<X>(), logz.data_ptr<W>(), &base, dim, num_classes, out.data_ptr<W>()};
+    check_nonnegative_activations(parallel_rows(n, row_grain(dim + num_classes), rows));
+  });
+  return out;
+}
+
+// Backward of rectified_log_prob (log_partition's gradient is an index_add in Python). With g_i the
+// incoming gradient and y = y_i:
+//   dL/da_ij = g_i (w_yj - a_ij / s_j^2),   dL/dw_y = sum_{i: y_i = y} g_i a_i,
+//   dL/ds_j = sum_i g_i a_ij^2 / s_j^3,     dL/dm_j = sum_i g_i [a_ij = 0] / m_j.
+// Column sums run over fixed blocks of rows, whatever the thread count, so the result does not
+// depend on it; the weight gradient is gathered by tasks that own disjoint ranges of classes.
+constexpr int64_t kRowsPerPartial = 256;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rectified_log_prob_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& a, const at::Tensor& weight, const at::Tensor& scale,
+    const at::Tensor& zero_mass, const at::Tensor& labels, bool need_a_grad, bool need_weight_grad,
+    bool need_scale_grad, bool need_zero_mass_grad) {
+  check_rectified_params(weight, scale, zero_mass);
+  check_rectified_activations(a, weight, nullptr, &labels);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == a.size(0), "penact: grad must have shape [N] = [", a.size(0),
+              "], got ", grad.sizes());
+  const at::Tensor ac = a.contiguous(), w = weight.contiguous();
+  const at::Tensor g = grad.to(w.scalar_type()).contiguous();
+  const at::Tensor lab = checked_labels(labels, w.size(0));
+  const int64_t n = ac.size(0), dim = ac.size(1), num_classes = w.size(0);
+  at::Tensor grad_a = need_a_grad ? at::empty_like(ac) : at::empty({0}, ac.options());
+  at::Tensor grad_w = need_weight_grad ? at::zeros_like(w) : at::empty({0}, w.options());
+  at::Tensor grad_s = need_scale_grad ? at::zeros({dim}, w.options()) : at::empty({0}, w.options());
+  at::Tensor grad_m = need_zero_mass_grad ? at::zeros({dim}, w.options()) : at::empty({0}, w.options());
+  if (n == 0) return {grad_a, grad_w, grad_s, grad_m};
+  const bool need_columns = need_scale_grad || need_zero_mass_grad;
+  const int64_t partials = need_columns ? (n + kRowsPerPartial - 1) / kRowsPerPartial : 0;
+  dispatch_x_weight(ac, w, [&](auto x_tag, auto w_tag) {
+    using X = decltype(x_tag);
+    using W = decltype(w_tag);
+    const BaseMeasure<W> base = base_measure<W>(scale, zero_mass);
+    const W* hp = base.half_precision.data();
+    const X* a_data = ac.data_ptr<X>();
+    const W* w_data = w.data_ptr<W>();
+    const W* g_data = g.data_ptr<W>();
+    const int64_t* label_data = lab.data_ptr<int64_t>();
+    // partial sums per block of rows: [partials, 2, D] = (sum g a^2, sum g [a = 0])
+    std::vector<W> column_partials(static_cast<size_t>(partials * 2 * dim), W(0));
+    at::parallel_for(0, (n + kRowsPerPartial - 1) / kRowsPerPartial, 1, [&](int64_t block_begin, int64_t block_end) {
+      for (int64_t blk = block_begin; blk < block_end; ++blk) {
+        W* sum_sq = need_columns ? column_partials.data() + blk * 2 * dim : nullptr;
+        W* sum_zero = need_columns ? sum_sq + dim : nullptr;
+        for (int64_t i = blk * kRowsPerPartial; i < std::min(n, (blk + 1) * kRowsPerPartial); ++i) {
+          const X* ai = a_data + i * dim;
+          const W gi = g_data[i];
+          if (need_a_grad) {
+            const W* wy = w_data + label_data[i] * dim;
+            X* ga = grad_a.data_ptr<X>() + i * dim;
+            for (int64_t j = 0; j < dim; ++j) {
+              ga[j] = static_cast<X>(gi * (wy[j] - W(2) * hp[j] * static_cast<W>(ai[j])));
+            }
+          }
+          if (need_columns) {
+            for (int64_t j = 0; j < dim; ++j) {
+              const W av = static_cast<W>(ai[j]);
+              sum_sq[j] += gi * av * av;
+              sum_zero[j] += gi * static_cast<W>(av == W(0));
+            }
+          }
+        }
+      }
+    });
+    if (need_columns) {
+      const at::Tensor s = scale.to(at::kDouble).contiguous(), m = zero_mass.to(at::kDouble).contiguous();
+      const double* s_data = s.data_ptr<double>();
+      const double* m_data = m.data_ptr<double>();
+      for (int64_t j = 0; j < dim; ++j) {
+        double sum_sq = 0.0, sum_zero = 0.0;
+        for (int64_t blk = 0; blk < partials; ++blk) {
+          sum_sq += static_cast<double>(column_partials[blk * 2 * dim + j]);
+          sum_zero += static_cast<double>(column_partials[blk * 2 * dim + dim + j]);
+        }
+        if (need_scale_grad) grad_s.data_ptr<W>()[j] = static_cast<W>(sum_sq / (s_data[j] * s_data[j] * s_data[j]));
+        if (need_zero_mass_grad) grad_m.data_ptr<W>()[j] = static_cast<W>(sum_zero == 0.0 ? 0.0 : sum_zero / m_data[j]);
+      }
+    }
+    if (!need_weight_grad) return;
+    W* gw_data = grad_w.data_ptr<W>();
+    at::parallel_for(0, num_classes, 1, [&](int64_t class_begin, int64_t class_end) {
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t y = label_data[i];
+        if (y < class_begin || y >= class_end) continue;
+        const X* ai = a_data + i * dim;
+        W* gw = gw_data + y * dim;
+        const W gi = g_data[i];
+        for (int64_t j = 0; j < dim; ++j) gw[j] += gi * static_cast<W>(ai[j]);
+      }
+    });
+  });
+  return {grad_a, grad_w, grad_s, grad_m};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Normalizers and moments: C x D evaluations of the core in double, rounded once.
+
+// [5, C, D]: log z, P(a = 0), E[a], E[a^2], E[a^4] per class and coordinate.
+at::Tensor rectified_coordinate_stats_cpu(const at::Tensor& weight, const at::Tensor& scale,
+                                          const at::Tensor& zero_mass) {
+  check_rectified_params(weight, scale, zero_mass);
+  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  const at::Tensor s = scale.to(at::kDouble).contiguous(), m = zero_mass.to(at::kDouble).contiguous();
+  const int64_t num_classes = w.size(0), dim = w.size(1), cells = num_classes * dim;
+  at::Tensor out = at::empty({5, num_classes, dim}, w.options());
+  const double* w_data = w.data_ptr<double>();
+  const double* s_data = s.data_ptr<double>();
+  const double* m_data = m.data_ptr<double>();
+  double* out_data = out.data_ptr<double>();
+  at::parallel_for(0, cells, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t cell = begin; cell < end; ++cell) {
+      const int64_t j = cell % dim;
+      const RectifiedCoordinate c = rectified_coordinate(w_data[cell], s_data[j], m_data[j]);
+      out_data[cell] = c.log_z;
+      out_data[cells + cell] = std::exp(c.log_zero);
+      out_data[2 * cells + cell] = c.mean;
+      out_data[3 * cells + cell] = c.second_moment;
+      out_data[4 * cells + cell] = c.fourth_moment;
+    }
+  });
+  return out.to(weight.scalar_type());
+}
+
+// log Z_y = sum_j log z(w_yj; s_j, m_j), summed in double.
+at::Tensor rectified_log_partition_cpu(const at::Tensor& weight, const at::Tensor& scale,
+                                       const at::Tensor& zero_mass) {
+  check_rectified_params(weight, scale, zero_mass);
+  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  const at::Tensor s = scale.to(at::kDouble).contiguous(), m = zero_mass.to(at::kDouble).contiguous();
+  const int64_t num_classes = w.size(0), dim = w.size(1);
+  at::Tensor out = at::empty({num_classes}, w.options());
+  const double* w_data = w.data_ptr<double>();
+  const double* s_data = s.data_ptr<double>();
+  const double* m_data = m.data_ptr<double>();
+  double* out_data = out.data_ptr<double>();
+  at::parallel_for(0, num_classes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double total = 0.0;
+      for (int64_t j = 0; j < dim; ++j) total += rectified_log_z(w_data[c * dim + j], s_data[j], m_data[j]);
+      out_data[c] = total;
+    }
+  });
+  return out.to(weight.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(penact, CPU, m) {
+  m.impl("rectified_log_partition", &rectified_log_partition_cpu);
+  m.impl("rectified_coordinate_stats", &rectified_coordinate_stats_cpu);
+  m.impl("rectified_sample", &rectified_sample_cpu);
+  m.impl("rectified_log_prob", &rectified_log_prob_cpu);
+  m.impl("rectified_log_prob_backward", &rectified_log_prob_backward_cpu);
+  m.impl("rectified_log_prob_all", &rectified_log_prob_all_cpu);
+}
+
+}  // namespace penact
