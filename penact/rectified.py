@@ -36,6 +36,8 @@ def _coordinate_parameter(name: str, value, weight: Tensor, allow_zero: bool) ->
         value = torch.full((dim,), float(value), dtype=weight.dtype, device=weight.device)
     detached = value.detach()
     _check_finite(name, detached)
+    if torch.compiler.is_compiling():  # a data-dependent branch: skipped like _check_finite's
+        return value
     if not bool((detached >= 0).all() if allow_zero else (detached > 0).all()):
         raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, "
                          f"got a minimum of {float(detached.min()):.6g}")
@@ -199,7 +201,7 @@ def _fit_coordinates(weight: Tensor, a: Tensor, labels: Tensor, max_iter: int) -
 
     def parameters(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         scale = torch.sqrt(-0.5 / v)
-        zero_mass = torch.where(has_atom, torch.exp(u.clamp(-700, 700)), torch.zeros_like(u))
+        zero_mass = torch.where(has_atom, torch.exp(u), torch.zeros_like(u))
         return scale, zero_mass
 
     def objective(stats: Tensor, u: Tensor, v: Tensor) -> Tensor:
@@ -223,15 +225,15 @@ def _fit_coordinates(weight: Tensor, a: Tensor, labels: Tensor, max_iter: int) -
         done |= ~(decrement > 1e-20)  # converged to ~1e-10 in the parameters (also catches NaN)
         if bool(done.all()):
             break
-        # Backtracking (Armijo, with slack for rounding in f), per coordinate; v must stay negative.
-        step = torch.where(done, torch.zeros_like(u), torch.ones_like(u))
+        # Far from the optimum a full step can be huge: at most 2 in log m and half of |v| (so v
+        # stays negative), then backtracking (Armijo, with slack for rounding in f), per coordinate.
+        step = torch.minimum(2.0 / step_u.abs().clamp_min(1e-300), 0.5 * v.abs() / step_v.abs().clamp_min(1e-300))
+        step = torch.where(done, torch.zeros_like(u), step.clamp(max=1.0))
         slack = 1e-13 * value.abs()
         for _ in range(50):
             u_new, v_new = u + step * step_u, v + step * step_v
-            feasible = v_new < 0
-            v_new = torch.where(feasible, v_new, v)
             stats_new = ops.rectified_coordinate_stats(weight, *parameters(u_new, v_new))
-            accepted = feasible & (objective(stats_new, u_new, v_new) <= value - 1e-4 * step * decrement + slack)
+            accepted = objective(stats_new, u_new, v_new) <= value - 1e-4 * step * decrement + slack
             if bool((accepted | (step == 0)).all()):
                 break
             step = torch.where(accepted | (step < 1e-9), step * accepted, 0.5 * step)

@@ -1,8 +1,7 @@
 // CPU implementations of the rectified operators (SPEC section 2b). The math is core/rectified.h,
 // the code the CUDA kernels run; this file is layout: per-class tables computed once per call,
-// rows in parallel (at::parallel_for), and inner loops over lanes that the compiler vectorizes.
-// The sampling and log-density loops are compiled twice, portable and AVX2 + FMA, and the AVX2
-// version runs where the CPU has it (philox_lanes.h).
+// rows in parallel (at::parallel_for), and inner loops over lanes that the compiler vectorizes,
+// compiled per instruction set (PENACT_CPU_DISPATCH, philox_lanes.h).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -20,6 +19,10 @@ namespace penact {
 namespace {
 
 constexpr int kLanes = 16;  // independent accumulators: a full AVX-512 float register, hides FMA latency
+
+// Classes (rows of length row_length) per task when each (class, coordinate) cell costs a few
+// special functions (~100 ns): about 4096 cells, so that small tables are not split at all.
+inline int64_t cell_grain(int64_t row_length) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(row_length, 1)); }
 
 // ---------------------------------------------------------------------------------------------
 // Sampling.
@@ -62,7 +65,7 @@ DrawTables<T> draw_tables(const at::Tensor& weight, const at::Tensor& scale, con
   const uint8_t* drawn_data = drawn.data_ptr<uint8_t>();
   t.scale.resize(static_cast<size_t>(dim));
   for (int64_t j = 0; j < dim; ++j) t.scale[j] = static_cast<T>(s_data[j]);
-  at::parallel_for(0, num_classes, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_classes, cell_grain(dim), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       if (!drawn_data[c]) continue;
       for (int64_t j = 0; j < dim; ++j) {
@@ -88,8 +91,8 @@ struct Chunk<float> {
   static constexpr int kCoordinates = 2 * kPhiloxBlocksPerCall;
   // Within each 16 coordinates, the first 8 read words 0 (decision) and 1 (value) of 8 consecutive
   // blocks, the next 8 words 2 and 3 of the same blocks.
-  static PENACT_ALWAYS_INLINE void uniforms(const uint32_t words[4][kPhiloxBlocksPerCall], float* decision,
-                                            float* value) {
+  static void uniforms(const uint32_t words[4][kPhiloxBlocksPerCall], float* decision,
+                       float* value) {
     for (int g = 0; g < kPhiloxBlocksPerCall / 8; ++g) {
       for (int l = 0; l < 8; ++l) {
         const int block = 8 * g + l;
@@ -105,8 +108,8 @@ struct Chunk<float> {
 template <>
 struct Chunk<double> {
   static constexpr int kCoordinates = kPhiloxBlocksPerCall;
-  static PENACT_ALWAYS_INLINE void uniforms(const uint32_t words[4][kPhiloxBlocksPerCall], double* decision,
-                                            double* value) {
+  static void uniforms(const uint32_t words[4][kPhiloxBlocksPerCall], double* decision,
+                       double* value) {
     for (int l = 0; l < kPhiloxBlocksPerCall; ++l) {
       decision[l] = uniform_open_double(words[0][l], words[1][l]);
       value[l] = uniform_open_double(words[2][l], words[3][l]);
@@ -125,8 +128,8 @@ struct SampleArgs {
 
 // Rows [begin, end): whole chunks from Philox blocks in lanes, the last partial chunk one coordinate
 // at a time (the same words, see rectified_uniforms), then the far-tail coordinates drawn non-zero.
-template <typename T, typename Philox>
-PENACT_ALWAYS_INLINE void sample_rows(const SampleArgs<T>& args, int64_t begin, int64_t end) {
+template <typename T>
+PENACT_CPU_DISPATCH void sample_rows(const SampleArgs<T>& args, int64_t begin, int64_t end) {
   const DrawTables<T>& t = *args.tables;
   constexpr int kWidth = Chunk<T>::kCoordinates;
   const int64_t dim = t.dim, whole = dim / kWidth * kWidth;
@@ -143,7 +146,7 @@ PENACT_ALWAYS_INLINE void sample_rows(const SampleArgs<T>& args, int64_t begin, 
     const T* lower = t.lower.data() + y * dim;
     T* out = args.out + i * dim;
     for (int64_t j0 = 0; j0 < whole; j0 += kWidth) {
-      Philox::blocks(args.seed, row, static_cast<uint64_t>(j0 / kWidth * kPhiloxBlocksPerCall), words);
+      philox_blocks(args.seed, row, static_cast<uint64_t>(j0 / kWidth * kPhiloxBlocksPerCall), words);
       Chunk<T>::uniforms(words, decision, value);
       for (int l = 0; l < kWidth; ++l) {
         const int64_t j = j0 + l;
@@ -164,18 +167,6 @@ PENACT_ALWAYS_INLINE void sample_rows(const SampleArgs<T>& args, int64_t begin, 
   }
 }
 
-template <typename T>
-void sample_rows_portable(const SampleArgs<T>& args, int64_t begin, int64_t end) {
-  sample_rows<T, PhiloxPortable>(args, begin, end);
-}
-
-#if defined(PENACT_X86_DISPATCH)
-template <typename T>
-PENACT_TARGET_AVX2 void sample_rows_avx2(const SampleArgs<T>& args, int64_t begin, int64_t end) {
-  sample_rows<T, PhiloxAvx2>(args, begin, end);
-}
-#endif
-
 at::Tensor rectified_sample_cpu(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& zero_mass,
                                 const at::Tensor& labels, int64_t seed, int64_t offset) {
   check_rectified_sample_args(weight, scale, zero_mass, labels, offset);
@@ -187,18 +178,7 @@ at::Tensor rectified_sample_cpu(const at::Tensor& weight, const at::Tensor& scal
     const DrawTables<scalar_t> tables = draw_tables<scalar_t>(weight, scale, zero_mass, lab);
     const SampleArgs<scalar_t> args{&tables, lab.data_ptr<int64_t>(), static_cast<uint64_t>(seed), offset,
                                     out.data_ptr<scalar_t>()};
-#if defined(PENACT_X86_DISPATCH)
-    const bool avx2 = use_avx2();
-#else
-    const bool avx2 = false;
-#endif
-    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) {
-#if defined(PENACT_X86_DISPATCH)
-      if (avx2) return sample_rows_avx2<scalar_t>(args, begin, end);
-#endif
-      (void)avx2;
-      sample_rows_portable<scalar_t>(args, begin, end);
-    });
+    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) { sample_rows(args, begin, end); });
   });
   return out;
 }
@@ -234,8 +214,8 @@ struct RowDensity {
 };
 
 template <bool kWithDot, typename W, typename X>
-PENACT_ALWAYS_INLINE void accumulate_coordinate(const W* w, const X* a, const W* half_precision,
-                                                const W* log_zero_mass, int64_t j, W* acc, W* bad) {
+inline void accumulate_coordinate(const W* w, const X* a, const W* half_precision,
+                                  const W* log_zero_mass, int64_t j, W* acc, W* bad) {
   const W av = static_cast<W>(a[j]);
   // Both terms are formed before the select: a load inside one branch would stop vectorization.
   const W slab = -av * av * half_precision[j];
@@ -250,8 +230,8 @@ PENACT_ALWAYS_INLINE void accumulate_coordinate(const W* w, const X* a, const W*
 }
 
 template <bool kWithDot, typename W, typename X>
-PENACT_ALWAYS_INLINE RowDensity<W> row_log_density(const W* w, const X* a, const W* half_precision,
-                                                   const W* log_zero_mass, int64_t n) {
+RowDensity<W> row_log_density(const W* w, const X* a, const W* half_precision,
+                                const W* log_zero_mass, int64_t n) {
   W acc[kLanes] = {}, bad[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= n; k += kLanes) {
@@ -270,52 +250,63 @@ PENACT_ALWAYS_INLINE RowDensity<W> row_log_density(const W* w, const X* a, const
   return out;
 }
 
-// Runs body(begin, end) over rows in parallel with the AVX2 build of `Rows` where available;
-// returns the total of the bad-entry counts the bodies report.
-template <typename Rows>
-int64_t parallel_rows(int64_t n, int64_t grain, const Rows& rows) {
-  std::atomic<int64_t> bad{0};
-#if defined(PENACT_X86_DISPATCH)
-  const bool avx2 = use_avx2();
-#endif
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-#if defined(PENACT_X86_DISPATCH)
-    if (avx2) {
-      bad += rows.avx2(begin, end);
-      return;
-    }
-#endif
-    bad += rows.portable(begin, end);
-  });
-  return bad.load();
+template <typename W, typename X>
+struct LabelledArgs {
+  const X* a;               // [N, D]
+  const W* weight;          // [C, D]
+  const W* log_partition;   // [C]
+  const int64_t* labels;    // [N]
+  const BaseMeasure<W>* base;
+  int64_t dim;
+  W* out;                   // [N]
+};
+
+// Rows [begin, end) of rectified_log_prob; returns how many entries of a were negative or NaN.
+template <typename W, typename X>
+PENACT_CPU_DISPATCH int64_t log_prob_rows(const LabelledArgs<W, X>& args, int64_t begin, int64_t end) {
+  W bad = W(0);
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t y = args.labels[i];
+    const RowDensity<W> d =
+        row_log_density<true>(args.weight + y * args.dim, args.a + i * args.dim, args.base->half_precision.data(),
+                              args.base->log_zero_mass.data(), args.dim);
+    args.out[i] = d.value - args.log_partition[y];
+    bad += d.bad;
+  }
+  return static_cast<int64_t>(bad);
 }
 
 template <typename W, typename X>
-struct LabelledRows {
-  const X* a;
-  const W* weight;
-  const W* log_partition;
-  const int64_t* labels;
+struct AllClassArgs {
+  const X* a;              // [N, D]
+  const W* log_partition;  // [C]
   const BaseMeasure<W>* base;
-  int64_t dim;
-  W* out;
-
-  PENACT_ALWAYS_INLINE int64_t run(int64_t begin, int64_t end) const {
-    W bad = W(0);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t y = labels[i];
-      const RowDensity<W> d = row_log_density<true>(weight + y * dim, a + i * dim, base->half_precision.data(),
-                                                     base->log_zero_mass.data(), dim);
-      out[i] = d.value - log_partition[y];
-      bad += d.bad;
-    }
-    return static_cast<int64_t>(bad);
-  }
-  int64_t portable(int64_t begin, int64_t end) const { return run(begin, end); }
-#if defined(PENACT_X86_DISPATCH)
-  PENACT_TARGET_AVX2 int64_t avx2(int64_t begin, int64_t end) const { return run(begin, end); }
-#endif
+  int64_t dim, num_classes;
+  W* out;  // [N, C], holding a W^T on entry
 };
+
+// Rows [begin, end) of rectified_log_prob_all's epilogue; returns the bad-entry count.
+template <typename W, typename X>
+PENACT_CPU_DISPATCH int64_t log_prob_all_rows(const AllClassArgs<W, X>& args, int64_t begin, int64_t end) {
+  W bad = W(0);
+  for (int64_t i = begin; i < end; ++i) {
+    const RowDensity<W> d = row_log_density<false, W, X>(nullptr, args.a + i * args.dim,
+                                                          args.base->half_precision.data(),
+                                                          args.base->log_zero_mass.data(), args.dim);
+    W* row = args.out + i * args.num_classes;
+    for (int64_t c = 0; c < args.num_classes; ++c) row[c] += d.value - args.log_partition[c];
+    bad += d.bad;
+  }
+  return static_cast<int64_t>(bad);
+}
+
+// Runs rows(begin, end) over [0, n) in parallel and returns the total bad-entry count.
+template <typename Rows>
+int64_t parallel_rows(int64_t n, int64_t grain, const Rows& rows) {
+  std::atomic<int64_t> bad{0};
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { bad += rows(begin, end); });
+  return bad.load();
+}
 
 // log p(a_i | y_i) = w_y . a_i - sum_{a_ij > 0} a_ij^2 / (2 s_j^2) + sum_{a_ij = 0} log m_j - log Z_y.
 at::Tensor rectified_log_prob_cpu(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& scale,
@@ -331,37 +322,13 @@ at::Tensor rectified_log_prob_cpu(const at::Tensor& a, const at::Tensor& weight,
     using X = decltype(x_tag);
     using W = decltype(w_tag);
     const BaseMeasure<W> base = base_measure<W>(scale, zero_mass);
-    const LabelledRows<W, X> rows{ac.data_ptr<X>(),  w.data_ptr<W>(), logz.data_ptr<W>(), lab.data_ptr<int64_t>(),
+    const LabelledArgs<W, X> args{ac.data_ptr<X>(), w.data_ptr<W>(), logz.data_ptr<W>(), lab.data_ptr<int64_t>(),
                                   &base,            dim,             out.data_ptr<W>()};
-    check_nonnegative_activations(parallel_rows(n, row_grain(dim), rows));
+    check_nonnegative_activations(
+        parallel_rows(n, row_grain(dim), [&](int64_t begin, int64_t end) { return log_prob_rows(args, begin, end); }));
   });
   return out;
 }
-
-template <typename W, typename X>
-struct AllClassRows {
-  const X* a;
-  const W* log_partition;
-  const BaseMeasure<W>* base;
-  int64_t dim, num_classes;
-  W* out;  // [N, C], holding a W^T on entry
-
-  PENACT_ALWAYS_INLINE int64_t run(int64_t begin, int64_t end) const {
-    W bad = W(0);
-    for (int64_t i = begin; i < end; ++i) {
-      const RowDensity<W> d = row_log_density<false, W, X>(nullptr, a + i * dim, base->half_precision.data(),
-                                                            base->log_zero_mass.data(), dim);
-      W* row = out + i * num_classes;
-      for (int64_t c = 0; c < num_classes; ++c) row[c] += d.value - log_partition[c];
-      bad += d.bad;
-    }
-    return static_cast<int64_t>(bad);
-  }
-  int64_t portable(int64_t begin, int64_t end) const { return run(begin, end); }
-#if defined(PENACT_X86_DISPATCH)
-  PENACT_TARGET_AVX2 int64_t avx2(int64_t begin, int64_t end) const { return run(begin, end); }
-#endif
-};
 
 // [N, C] log-densities for every class: one matrix product a W^T (BLAS), then an epilogue that adds
 // the row's base-measure term and subtracts log Z_c, in place.
@@ -376,8 +343,9 @@ at::Tensor rectified_log_prob_all_cpu(const at::Tensor& a, const at::Tensor& wei
     using X = decltype(x_tag);
     using W = decltype(w_tag);
     const BaseMeasure<W> base = base_measure<W>(scale, zero_mass);
-    const AllClassRows<W, X> rows{ac.data_ptr<X>(), logz.data_ptr<W>(), &base, dim, num_classes, out.data_ptr<W>()};
-    check_nonnegative_activations(parallel_rows(n, row_grain(dim + num_classes), rows));
+    const AllClassArgs<W, X> args{ac.data_ptr<X>(), logz.data_ptr<W>(), &base, dim, num_classes, out.data_ptr<W>()};
+    check_nonnegative_activations(parallel_rows(
+        n, row_grain(dim + num_classes), [&](int64_t begin, int64_t end) { return log_prob_all_rows(args, begin, end); }));
   });
   return out;
 }
@@ -489,7 +457,7 @@ at::Tensor rectified_coordinate_stats_cpu(const at::Tensor& weight, const at::Te
   const double* s_data = s.data_ptr<double>();
   const double* m_data = m.data_ptr<double>();
   double* out_data = out.data_ptr<double>();
-  at::parallel_for(0, cells, 256, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, cells, cell_grain(1), [&](int64_t begin, int64_t end) {
     for (int64_t cell = begin; cell < end; ++cell) {
       const int64_t j = cell % dim;
       const RectifiedCoordinate c = rectified_coordinate(w_data[cell], s_data[j], m_data[j]);
@@ -515,7 +483,7 @@ at::Tensor rectified_log_partition_cpu(const at::Tensor& weight, const at::Tenso
   const double* s_data = s.data_ptr<double>();
   const double* m_data = m.data_ptr<double>();
   double* out_data = out.data_ptr<double>();
-  at::parallel_for(0, num_classes, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_classes, cell_grain(dim), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double total = 0.0;
       for (int64_t j = 0; j < dim; ++j) total += rectified_log_z(w_data[c * dim + j], s_data[j], m_data[j]);
