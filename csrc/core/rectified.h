@@ -7,15 +7,21 @@
 // 0 with probability m / z and otherwise s e, where e = Z - alpha is the excess of Z ~ N(0, 1)
 // conditioned on Z > alpha (so s e ~ Normal(s^2 w, s^2) truncated to (0, inf)).
 //
+// One uniform u per coordinate decides and draws (the inverse of the mixture's CDF): a = 0 when
+// V = u / P(a > 0) >= 1; otherwise V is uniform on (0, 1), independent of the decision, and
+// Z = Phibar^{-1}(V Phibar(alpha)). Where V would be too coarse (P(a > 0) below 2^-7 in float, 2^-10
+// in double: V's resolution would exceed 2^-24 / 2^-43) or alpha is far out (alpha > kInverseLimit),
+// the value comes from the coordinate's own stream instead: a 53-bit inverse, or Robert's sampler.
+//
 // Stream layout of rectified_sample (SPEC section 4: row i of a call draws only from the Philox
-// counters whose row half is offset + i, keyed by the seed):
-//   float   coordinate j: block 8 floor(j / 16) + (j mod 8), words 2h (decision) and 2h + 1 (value),
-//           h = floor((j mod 16) / 8): sixteen coordinates take eight consecutive blocks, which the
-//           CPU generates eight at a time in SIMD lanes.
-//   double  coordinate j: block j, words 0-1 (decision) and 2-3 (value), 53-bit uniforms.
-//   far tail (alpha > kInverseLimit): the excess comes from Robert's rejection sampler, which reads
-//           the RowStream of blocks (j + 1) 2^32, (j + 1) 2^32 + 1, ...; the decision still comes
-//           from the word above. Blocks below 2^32 and each coordinate's range never overlap.
+// counters whose row half is offset + i, keyed by the seed). Coordinates come in spans that read
+// kSpanBlocks = 32 consecutive blocks (SIMD lanes on the CPU):
+//   float   span of 128: coordinate j reads word floor((j mod 128) / 32) of block
+//           32 floor(j / 128) + (j mod 32); u = (floor(word / 2) + 1/2) 2^-31 (finer near 0).
+//   double  span of 64: coordinate j reads words 2h, 2h + 1, h = floor((j mod 64) / 32), of block
+//           32 floor(j / 64) + (j mod 32), as a 53-bit uniform (uniform_open_double).
+//   own stream: the RowStream of blocks (j + 1) 2^32, (j + 1) 2^32 + 1, ... (never below 2^32, so
+//           it overlaps neither the spans nor another coordinate's stream).
 // So a coordinate's draw depends only on (seed, offset + i, j) and its parameters: not on D, the
 // batch, the thread layout or the device (up to the rounding of log, sqrt and erfc).
 #pragma once
@@ -194,49 +200,96 @@ PENACT_HD T normal_upper_quantile(T q, T qc) {
   return num / den;
 }
 
-// Per class and coordinate, what the inverse-CDF draw needs (alpha <= kInverseLimit):
-//   nonzero = P(a > 0), shift = t = s w, upper = Phibar(alpha) = Phi(t), lower = Phi(alpha).
-// Coordinates past kInverseLimit get neutral values (their excess comes from robert_excess), for
-// which the draw stays finite and positive when it decides a > 0.
+// Per class and coordinate, what the one-uniform draw needs: inv_nonzero = 1 / P(a > 0) (inf when
+// it is 0), shift = t = s w, upper = Phibar(alpha), lower = Phi(alpha) (both: 1 - either loses the
+// other's digits). Coordinates drawn from their own stream (own_stream) get neutral values past the
+// decision, for which the draw stays positive when it decides a > 0 (the mark that their value is due).
 template <typename T>
 struct RectifiedDrawParams {
-  T nonzero, shift, upper, lower;
-  bool far_tail;
+  T inv_nonzero, shift, upper, lower;
+  bool own_stream;
   double alpha;
 };
 
 template <typename T>
+struct RectifiedStream;
+
+constexpr int kSpanBlocks = 32;
+
+template <>
+struct RectifiedStream<float> {
+  static constexpr int kSpan = 4 * kSpanBlocks;
+  static constexpr double kMinInverseNonzero = 0x1p-7;
+  // (floor(word / 2) + 1/2) 2^-31, exact below 2^-7, in (0, 1): the top values, which float would
+  // round up to 1, are held just below it (a 3e-8 share of the mass moved by at most 2^-25).
+  PENACT_HD static float uniform(uint32_t word) {
+    const float u = (static_cast<float>(static_cast<int32_t>(word >> 1)) + 0.5f) * 4.656612873077392578125e-10f;
+    return u < 1.0f ? u : 0.999999940395355224609375f;
+  }
+  PENACT_HD static float uniform(const Philox4& bits, int slot) { return uniform(bits.v[slot]); }
+  // The uniforms of a whole span from words[k][l] = word k of its block l.
+  PENACT_HD static void span_uniforms(const uint32_t words[4][kSpanBlocks], float* u) {
+    for (int k = 0; k < 4; ++k) {
+      for (int l = 0; l < kSpanBlocks; ++l) u[k * kSpanBlocks + l] = uniform(words[k][l]);
+    }
+  }
+};
+
+template <>
+struct RectifiedStream<double> {
+  static constexpr int kSpan = 2 * kSpanBlocks;
+  static constexpr double kMinInverseNonzero = 0x1p-10;
+  PENACT_HD static double uniform(const Philox4& bits, int slot) {
+    return uniform_open_double(bits.v[2 * slot], bits.v[2 * slot + 1]);
+  }
+  PENACT_HD static void span_uniforms(const uint32_t words[4][kSpanBlocks], double* u) {
+    for (int k = 0; k < 2; ++k) {
+      for (int l = 0; l < kSpanBlocks; ++l) u[k * kSpanBlocks + l] = uniform_open_double(words[2 * k][l], words[2 * k + 1][l]);
+    }
+  }
+};
+
+// The block and the slot (word, or word pair) of coordinate j.
+template <typename T>
+PENACT_HD uint64_t rectified_block(int64_t j) {
+  constexpr int64_t span = RectifiedStream<T>::kSpan;
+  return static_cast<uint64_t>(kSpanBlocks * (j / span) + j % kSpanBlocks);
+}
+
+template <typename T>
+PENACT_HD int rectified_slot(int64_t j) {
+  return static_cast<int>((j % RectifiedStream<T>::kSpan) / kSpanBlocks);
+}
+
+template <typename T>
 PENACT_HD RectifiedDrawParams<T> rectified_draw_params(double w, double s, double m) {
   const double alpha = -s * w;
-  const RectifiedCoordinate c = rectified_coordinate(w, s, m);
+  const double nonzero = exp(rectified_coordinate(w, s, m).log_nonzero);
   RectifiedDrawParams<T> p;
-  p.nonzero = static_cast<T>(exp(c.log_nonzero));
+  p.inv_nonzero = static_cast<T>(1.0 / nonzero);
   p.alpha = alpha;
-  p.far_tail = alpha > kInverseLimit;
-  if (p.far_tail) {
-    p.shift = T(0);
-    p.upper = T(0.5);
-    p.lower = T(0.5);
-  } else {
-    p.shift = static_cast<T>(-alpha);
-    p.upper = static_cast<T>(0.5 * erfc(kInvSqrt2 * alpha));
-    p.lower = static_cast<T>(0.5 * erfc(-kInvSqrt2 * alpha));
-  }
+  p.own_stream = alpha > kInverseLimit || nonzero < RectifiedStream<T>::kMinInverseNonzero;
+  p.shift = p.own_stream ? T(0) : static_cast<T>(-alpha);
+  p.upper = p.own_stream ? T(0.5) : static_cast<T>(0.5 * erfc(kInvSqrt2 * alpha));
+  p.lower = p.own_stream ? T(0.5) : static_cast<T>(0.5 * erfc(-kInvSqrt2 * alpha));
   return p;
 }
 
-// One coordinate from its two uniforms: 0 if decision >= P(a > 0), else s (t + Z) with
-// Z = Phibar^{-1}(value Phibar(alpha)), i.e. Z ~ N(0, 1) given Z > alpha. Rounding can put the
-// product at or below 0 when Z lands within an ulp of alpha; it is kept at the smallest positive
-// normal value so that a drawn non-zero never reads as the atom at 0. Branch-free.
+// One coordinate from its uniform u: with V = u / P(a > 0), 0 if V >= 1, else s (t + Z) with
+// Z = Phibar^{-1}(V Phibar(alpha)), i.e. Z ~ N(0, 1) given Z > alpha. 1 - V is exact (Sterbenz)
+// wherever it is small. Rounding can put the result at or below 0 when Z lands within an ulp of
+// alpha; it is kept at the smallest positive normal value, so that a drawn non-zero never reads as
+// the atom at 0. Lanes that decide 0 may compute garbage (V > 1): the select discards it.
+// Branch-free.
 template <typename T>
-PENACT_HD T rectified_draw(T decision, T value, T nonzero, T shift, T upper, T lower, T scale) {
-  const T q = value * upper;
-  const T qc = (T(1) - value) + value * lower;  // 1 - q without cancellation: 1 - value is exact
+PENACT_HD T rectified_draw(T u, T inv_nonzero, T shift, T upper, T lower, T scale) {
+  const T v = u * inv_nonzero;
+  const T q = v * upper;
+  const T qc = (T(1) - v) + v * lower;
   const T a = scale * (shift + normal_upper_quantile(q, qc));
   const T floor = std::numeric_limits<T>::min();
   const T positive = a > floor ? a : floor;
-  return decision < nonzero ? positive : T(0);
+  return v < T(1) ? positive : T(0);
 }
 
 // Robert (1995): e = Z - alpha for Z ~ N(0, 1) given Z > alpha, by rejection from
@@ -254,27 +307,20 @@ PENACT_HD double robert_excess(RowStream& stream, double alpha) {
   }
 }
 
-// The far-tail stream of coordinate j (see the layout above).
-PENACT_HD RowStream far_tail_stream(uint64_t seed, uint64_t row, int64_t coordinate) {
+// The own stream of coordinate j (see the layout above).
+PENACT_HD RowStream coordinate_stream(uint64_t seed, uint64_t row, int64_t coordinate) {
   RowStream stream(seed, row);
   stream.block = (static_cast<uint64_t>(coordinate) + 1) << 32;
   return stream;
 }
 
-// The two uniforms of coordinate j (decision, value), following the layout above: what a kernel
-// that draws one coordinate per thread calls; the CPU kernel reads the same words eight blocks at a time.
-PENACT_HD void rectified_uniforms(uint64_t seed, uint64_t row, int64_t j, float* decision, float* value) {
-  const uint64_t block = 8 * static_cast<uint64_t>(j / 16) + static_cast<uint64_t>(j % 8);
-  const int word = 2 * static_cast<int>((j % 16) / 8);
-  const Philox4 bits = philox4x32_10(seed, row, block);
-  *decision = uniform_open_float(bits.v[word]);
-  *value = uniform_open_float(bits.v[word + 1]);
-}
-
-PENACT_HD void rectified_uniforms(uint64_t seed, uint64_t row, int64_t j, double* decision, double* value) {
-  const Philox4 bits = philox4x32_10(seed, row, static_cast<uint64_t>(j));
-  *decision = uniform_open_double(bits.v[0], bits.v[1]);
-  *value = uniform_open_double(bits.v[2], bits.v[3]);
+// The excess e of a coordinate drawn from its own stream: Robert's sampler past kInverseLimit,
+// else the inverse CDF in double from a 53-bit uniform (1 - v is exact).
+PENACT_HD double own_stream_excess(RowStream& stream, double alpha) {
+  if (alpha > kInverseLimit) return robert_excess(stream, alpha);
+  const double v = stream.uniform();
+  const double upper = 0.5 * erfc(kInvSqrt2 * alpha), lower = 0.5 * erfc(-kInvSqrt2 * alpha);
+  return normal_upper_quantile(v * upper, (1.0 - v) + v * lower) - alpha;
 }
 
 }  // namespace penact

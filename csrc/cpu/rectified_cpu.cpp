@@ -2,6 +2,7 @@
 // the code the CUDA kernels run; this file is layout: per-class tables computed once per call,
 // rows in parallel (at::parallel_for), and inner loops over lanes that the compiler vectorizes,
 // compiled per instruction set (PENACT_CPU_DISPATCH, philox_lanes.h).
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -20,6 +21,23 @@ namespace {
 
 constexpr int kLanes = 16;  // independent accumulators: a full AVX-512 float register, hides FMA latency
 
+// Runs rows(begin, end) over [0, n) in blocks of about row_grain(row_length) rows that the threads
+// take in turn from a shared counter, and returns the sum of what rows returns. Unlike the static
+// split of at::parallel_for, a thread that the OS preempts (a shared machine) delays the call by
+// one block, not by half of it; rows are independent, so results do not depend on who takes what.
+template <typename Rows>
+int64_t parallel_rows(int64_t n, int64_t row_length, const Rows& rows) {
+  const int64_t block = row_grain(row_length);
+  const int64_t blocks = (n + block - 1) / block;
+  std::atomic<int64_t> next{0}, total{0};
+  at::parallel_for(0, std::min<int64_t>(blocks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    int64_t sum = 0;
+    for (int64_t b = next++; b < blocks; b = next++) sum += rows(b * block, std::min(n, (b + 1) * block));
+    total += sum;
+  });
+  return total.load();
+}
+
 // Classes (rows of length row_length) per task when each (class, coordinate) cell costs a few
 // special functions (~100 ns): about 4096 cells, so that small tables are not split at all.
 inline int64_t cell_grain(int64_t row_length) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(row_length, 1)); }
@@ -27,95 +45,65 @@ inline int64_t cell_grain(int64_t row_length) { return std::max<int64_t>(1, 4096
 // ---------------------------------------------------------------------------------------------
 // Sampling.
 
-// A coordinate whose truncation point lies beyond kInverseLimit (drawn by Robert's sampler).
-struct FarTailCoordinate {
+// A coordinate whose value comes from its own stream (past kInverseLimit, or rarely non-zero).
+struct OwnStreamCoordinate {
   int64_t coordinate;
   double alpha;
 };
 
 // What a row of class y needs per coordinate, computed once per call (in double, by the core) for
-// the classes that are drawn: the inverse-CDF parameters in the output dtype, [C, D], and the
-// far-tail coordinates of each class.
+// the classes that are drawn: the draw parameters in the output dtype, [C, stride] with the stride
+// D rounded up to whole spans (the padding never non-zero), and each class's own-stream coordinates.
 template <typename T>
 struct DrawTables {
-  int64_t dim;
-  std::vector<T> nonzero, shift, upper, lower, scale;
-  std::vector<std::vector<FarTailCoordinate>> far_tail;
+  int64_t dim, stride;
+  std::vector<T> inv_nonzero, shift, upper, lower, scale;
+  std::vector<std::vector<OwnStreamCoordinate>> own_stream;
 };
 
+// Parameters converted to double element by element where they are read: a whole-tensor conversion
+// of a [C, D] weight would open a parallel region of its own (slow on a loaded machine).
 template <typename T>
 DrawTables<T> draw_tables(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& zero_mass,
                           const at::Tensor& labels) {
-  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  const at::Tensor w = weight.contiguous();
   const at::Tensor s = scale.to(at::kDouble).contiguous();
   const at::Tensor m = zero_mass.to(at::kDouble).contiguous();
   const int64_t num_classes = w.size(0), dim = w.size(1);
-  const at::Tensor drawn = at::bincount(labels, {}, num_classes).gt(0).to(at::kByte).contiguous();
+  constexpr int64_t span = RectifiedStream<T>::kSpan;
+  std::vector<uint8_t> drawn(static_cast<size_t>(num_classes), 0);
+  const int64_t* label_data = labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < labels.numel(); ++i) drawn[label_data[i]] = 1;
   DrawTables<T> t;
   t.dim = dim;
-  const size_t cells = static_cast<size_t>(num_classes * dim);
-  t.nonzero.assign(cells, T(0));
+  t.stride = (dim + span - 1) / span * span;
+  const size_t cells = static_cast<size_t>(num_classes * t.stride);
+  t.inv_nonzero.assign(cells, std::numeric_limits<T>::infinity());  // padding: never drawn non-zero
   t.shift.assign(cells, T(0));
   t.upper.assign(cells, T(0.5));
   t.lower.assign(cells, T(0.5));
-  t.far_tail.resize(static_cast<size_t>(num_classes));
-  const double* w_data = w.data_ptr<double>();
+  t.scale.assign(static_cast<size_t>(t.stride), T(1));
+  t.own_stream.resize(static_cast<size_t>(num_classes));
+  const T* w_data = w.data_ptr<T>();
   const double* s_data = s.data_ptr<double>();
   const double* m_data = m.data_ptr<double>();
-  const uint8_t* drawn_data = drawn.data_ptr<uint8_t>();
-  t.scale.resize(static_cast<size_t>(dim));
   for (int64_t j = 0; j < dim; ++j) t.scale[j] = static_cast<T>(s_data[j]);
   at::parallel_for(0, num_classes, cell_grain(dim), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      if (!drawn_data[c]) continue;
+      if (!drawn[c]) continue;
       for (int64_t j = 0; j < dim; ++j) {
-        const RectifiedDrawParams<T> p = rectified_draw_params<T>(w_data[c * dim + j], s_data[j], m_data[j]);
-        const int64_t cell = c * dim + j;
-        t.nonzero[cell] = p.nonzero;
+        const RectifiedDrawParams<T> p = rectified_draw_params<T>(static_cast<double>(w_data[c * dim + j]), s_data[j], m_data[j]);
+        const int64_t cell = c * t.stride + j;
+        t.inv_nonzero[cell] = p.inv_nonzero;
         t.shift[cell] = p.shift;
         t.upper[cell] = p.upper;
         t.lower[cell] = p.lower;
-        if (p.far_tail) t.far_tail[c].push_back({j, p.alpha});
+        if (p.own_stream) t.own_stream[c].push_back({j, p.alpha});
       }
     }
   });
   return t;
 }
-
-// A chunk: the coordinates that kPhiloxBlocksPerCall consecutive blocks feed (layout in core/rectified.h).
-template <typename T>
-struct Chunk;
-
-template <>
-struct Chunk<float> {
-  static constexpr int kCoordinates = 2 * kPhiloxBlocksPerCall;
-  // Within each 16 coordinates, the first 8 read words 0 (decision) and 1 (value) of 8 consecutive
-  // blocks, the next 8 words 2 and 3 of the same blocks.
-  static void uniforms(const uint32_t words[4][kPhiloxBlocksPerCall], float* decision,
-                       float* value) {
-    for (int g = 0; g < kPhiloxBlocksPerCall / 8; ++g) {
-      for (int l = 0; l < 8; ++l) {
-        const int block = 8 * g + l;
-        decision[16 * g + l] = uniform_open_float(words[0][block]);
-        value[16 * g + l] = uniform_open_float(words[1][block]);
-        decision[16 * g + 8 + l] = uniform_open_float(words[2][block]);
-        value[16 * g + 8 + l] = uniform_open_float(words[3][block]);
-      }
-    }
-  }
-};
-
-template <>
-struct Chunk<double> {
-  static constexpr int kCoordinates = kPhiloxBlocksPerCall;
-  static void uniforms(const uint32_t words[4][kPhiloxBlocksPerCall], double* decision,
-                       double* value) {
-    for (int l = 0; l < kPhiloxBlocksPerCall; ++l) {
-      decision[l] = uniform_open_double(words[0][l], words[1][l]);
-      value[l] = uniform_open_double(words[2][l], words[3][l]);
-    }
-  }
-};
 
 template <typename T>
 struct SampleArgs {
@@ -126,42 +114,43 @@ struct SampleArgs {
   T* out;
 };
 
-// Rows [begin, end): whole chunks from Philox blocks in lanes, the last partial chunk one coordinate
-// at a time (the same words, see rectified_uniforms), then the far-tail coordinates drawn non-zero.
+// Rows [begin, end): span by span, the uniforms from kSpanBlocks Philox blocks (SIMD lanes) and the
+// draws across the span; the last span through a scratch row; then the own-stream coordinates that
+// were drawn non-zero.
 template <typename T>
 PENACT_CPU_DISPATCH void sample_rows(const SampleArgs<T>& args, int64_t begin, int64_t end) {
+  static_assert(kSpanBlocks == kPhiloxBlocksPerCall, "a span is one call's worth of blocks");
   const DrawTables<T>& t = *args.tables;
-  constexpr int kWidth = Chunk<T>::kCoordinates;
-  const int64_t dim = t.dim, whole = dim / kWidth * kWidth;
+  constexpr int kSpan = RectifiedStream<T>::kSpan;
+  const int64_t dim = t.dim;
   const T* scale = t.scale.data();
   const T smallest = std::numeric_limits<T>::min();
   alignas(64) uint32_t words[4][kPhiloxBlocksPerCall];
-  alignas(64) T decision[kWidth], value[kWidth];
+  alignas(64) T u[kSpan], scratch[kSpan];
   for (int64_t i = begin; i < end; ++i) {
     const int64_t y = args.labels[i];
     const uint64_t row = static_cast<uint64_t>(args.offset + i);
-    const T* nonzero = t.nonzero.data() + y * dim;
-    const T* shift = t.shift.data() + y * dim;
-    const T* upper = t.upper.data() + y * dim;
-    const T* lower = t.lower.data() + y * dim;
+    const T* inv_nonzero = t.inv_nonzero.data() + y * t.stride;
+    const T* shift = t.shift.data() + y * t.stride;
+    const T* upper = t.upper.data() + y * t.stride;
+    const T* lower = t.lower.data() + y * t.stride;
     T* out = args.out + i * dim;
-    for (int64_t j0 = 0; j0 < whole; j0 += kWidth) {
-      philox_blocks(args.seed, row, static_cast<uint64_t>(j0 / kWidth * kPhiloxBlocksPerCall), words);
-      Chunk<T>::uniforms(words, decision, value);
-      for (int l = 0; l < kWidth; ++l) {
-        const int64_t j = j0 + l;
-        out[j] = rectified_draw<T>(decision[l], value[l], nonzero[j], shift[j], upper[j], lower[j], scale[j]);
+    for (int64_t j0 = 0; j0 < dim; j0 += kSpan) {
+      philox_blocks(args.seed, row, rectified_block<T>(j0), words);
+      RectifiedStream<T>::span_uniforms(words, u);
+      T* target = j0 + kSpan <= dim ? out + j0 : scratch;
+      for (int c = 0; c < kSpan; ++c) {
+        const int64_t j = j0 + c;
+        target[c] = rectified_draw<T>(u[c], inv_nonzero[j], shift[j], upper[j], lower[j], scale[j]);
+      }
+      if (target == scratch) {
+        for (int64_t j = j0; j < dim; ++j) out[j] = scratch[j - j0];
       }
     }
-    for (int64_t j = whole; j < dim; ++j) {
-      T d, v;
-      rectified_uniforms(args.seed, row, j, &d, &v);
-      out[j] = rectified_draw<T>(d, v, nonzero[j], shift[j], upper[j], lower[j], scale[j]);
-    }
-    for (const FarTailCoordinate& f : t.far_tail[y]) {
+    for (const OwnStreamCoordinate& f : t.own_stream[y]) {
       if (out[f.coordinate] == T(0)) continue;  // the decision drew the atom at 0
-      RowStream stream = far_tail_stream(args.seed, row, f.coordinate);
-      const T a = static_cast<T>(static_cast<double>(scale[f.coordinate]) * robert_excess(stream, f.alpha));
+      RowStream stream = coordinate_stream(args.seed, row, f.coordinate);
+      const T a = static_cast<T>(static_cast<double>(scale[f.coordinate]) * own_stream_excess(stream, f.alpha));
       out[f.coordinate] = a > smallest ? a : smallest;
     }
   }
@@ -178,7 +167,10 @@ at::Tensor rectified_sample_cpu(const at::Tensor& weight, const at::Tensor& scal
     const DrawTables<scalar_t> tables = draw_tables<scalar_t>(weight, scale, zero_mass, lab);
     const SampleArgs<scalar_t> args{&tables, lab.data_ptr<int64_t>(), static_cast<uint64_t>(seed), offset,
                                     out.data_ptr<scalar_t>()};
-    at::parallel_for(0, n, row_grain(dim), [&](int64_t begin, int64_t end) { sample_rows(args, begin, end); });
+    parallel_rows(n, dim, [&](int64_t begin, int64_t end) {
+      sample_rows(args, begin, end);
+      return int64_t{0};
+    });
   });
   return out;
 }
@@ -300,14 +292,6 @@ PENACT_CPU_DISPATCH int64_t log_prob_all_rows(const AllClassArgs<W, X>& args, in
   return static_cast<int64_t>(bad);
 }
 
-// Runs rows(begin, end) over [0, n) in parallel and returns the total bad-entry count.
-template <typename Rows>
-int64_t parallel_rows(int64_t n, int64_t grain, const Rows& rows) {
-  std::atomic<int64_t> bad{0};
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { bad += rows(begin, end); });
-  return bad.load();
-}
-
 // log p(a_i | y_i) = w_y . a_i - sum_{a_ij > 0} a_ij^2 / (2 s_j^2) + sum_{a_ij = 0} log m_j - log Z_y.
 at::Tensor rectified_log_prob_cpu(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& scale,
                                   const at::Tensor& zero_mass, const at::Tensor& log_partition,
@@ -325,7 +309,7 @@ at::Tensor rectified_log_prob_cpu(const at::Tensor& a, const at::Tensor& weight,
     const LabelledArgs<W, X> args{ac.data_ptr<X>(), w.data_ptr<W>(), logz.data_ptr<W>(), lab.data_ptr<int64_t>(),
                                   &base,            dim,             out.data_ptr<W>()};
     check_nonnegative_activations(
-        parallel_rows(n, row_grain(dim), [&](int64_t begin, int64_t end) { return log_prob_rows(args, begin, end); }));
+        parallel_rows(n, dim, [&](int64_t begin, int64_t end) { return log_prob_rows(args, begin, end); }));
   });
   return out;
 }
@@ -345,7 +329,7 @@ at::Tensor rectified_log_prob_all_cpu(const at::Tensor& a, const at::Tensor& wei
     const BaseMeasure<W> base = base_measure<W>(scale, zero_mass);
     const AllClassArgs<W, X> args{ac.data_ptr<X>(), logz.data_ptr<W>(), &base, dim, num_classes, out.data_ptr<W>()};
     check_nonnegative_activations(parallel_rows(
-        n, row_grain(dim + num_classes), [&](int64_t begin, int64_t end) { return log_prob_all_rows(args, begin, end); }));
+        n, dim + num_classes, [&](int64_t begin, int64_t end) { return log_prob_all_rows(args, begin, end); }));
   });
   return out;
 }
@@ -449,48 +433,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rectified_log_prob_ba
 at::Tensor rectified_coordinate_stats_cpu(const at::Tensor& weight, const at::Tensor& scale,
                                           const at::Tensor& zero_mass) {
   check_rectified_params(weight, scale, zero_mass);
-  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  const at::Tensor w = weight.contiguous();
   const at::Tensor s = scale.to(at::kDouble).contiguous(), m = zero_mass.to(at::kDouble).contiguous();
   const int64_t num_classes = w.size(0), dim = w.size(1), cells = num_classes * dim;
   at::Tensor out = at::empty({5, num_classes, dim}, w.options());
-  const double* w_data = w.data_ptr<double>();
-  const double* s_data = s.data_ptr<double>();
-  const double* m_data = m.data_ptr<double>();
-  double* out_data = out.data_ptr<double>();
-  at::parallel_for(0, cells, cell_grain(1), [&](int64_t begin, int64_t end) {
-    for (int64_t cell = begin; cell < end; ++cell) {
-      const int64_t j = cell % dim;
-      const RectifiedCoordinate c = rectified_coordinate(w_data[cell], s_data[j], m_data[j]);
-      out_data[cell] = c.log_z;
-      out_data[cells + cell] = std::exp(c.log_zero);
-      out_data[2 * cells + cell] = c.mean;
-      out_data[3 * cells + cell] = c.second_moment;
-      out_data[4 * cells + cell] = c.fourth_moment;
-    }
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rectified_coordinate_stats_cpu", [&] {
+    const scalar_t* w_data = w.data_ptr<scalar_t>();
+    const double* s_data = s.data_ptr<double>();
+    const double* m_data = m.data_ptr<double>();
+    scalar_t* out_data = out.data_ptr<scalar_t>();
+    at::parallel_for(0, cells, cell_grain(1), [&](int64_t begin, int64_t end) {
+      for (int64_t cell = begin; cell < end; ++cell) {
+        const int64_t j = cell % dim;
+        const RectifiedCoordinate c = rectified_coordinate(static_cast<double>(w_data[cell]), s_data[j], m_data[j]);
+        out_data[cell] = static_cast<scalar_t>(c.log_z);
+        out_data[cells + cell] = static_cast<scalar_t>(std::exp(c.log_zero));
+        out_data[2 * cells + cell] = static_cast<scalar_t>(c.mean);
+        out_data[3 * cells + cell] = static_cast<scalar_t>(c.second_moment);
+        out_data[4 * cells + cell] = static_cast<scalar_t>(c.fourth_moment);
+      }
+    });
   });
-  return out.to(weight.scalar_type());
+  return out;
 }
 
 // log Z_y = sum_j log z(w_yj; s_j, m_j), summed in double.
 at::Tensor rectified_log_partition_cpu(const at::Tensor& weight, const at::Tensor& scale,
                                        const at::Tensor& zero_mass) {
   check_rectified_params(weight, scale, zero_mass);
-  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  const at::Tensor w = weight.contiguous();
   const at::Tensor s = scale.to(at::kDouble).contiguous(), m = zero_mass.to(at::kDouble).contiguous();
   const int64_t num_classes = w.size(0), dim = w.size(1);
   at::Tensor out = at::empty({num_classes}, w.options());
-  const double* w_data = w.data_ptr<double>();
-  const double* s_data = s.data_ptr<double>();
-  const double* m_data = m.data_ptr<double>();
-  double* out_data = out.data_ptr<double>();
-  at::parallel_for(0, num_classes, cell_grain(dim), [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      double total = 0.0;
-      for (int64_t j = 0; j < dim; ++j) total += rectified_log_z(w_data[c * dim + j], s_data[j], m_data[j]);
-      out_data[c] = total;
-    }
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rectified_log_partition_cpu", [&] {
+    const scalar_t* w_data = w.data_ptr<scalar_t>();
+    const double* s_data = s.data_ptr<double>();
+    const double* m_data = m.data_ptr<double>();
+    scalar_t* out_data = out.data_ptr<scalar_t>();
+    at::parallel_for(0, num_classes, cell_grain(dim), [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        double total = 0.0;
+        for (int64_t j = 0; j < dim; ++j) {
+          total += rectified_log_z(static_cast<double>(w_data[c * dim + j]), s_data[j], m_data[j]);
+        }
+        out_data[c] = static_cast<scalar_t>(total);
+      }
+    });
   });
-  return out.to(weight.scalar_type());
+  return out;
 }
 
 }  // namespace
