@@ -586,6 +586,8 @@ def test_bad_input_raises(rng):
             ops.rectified_log_prob(a, weight, scale, zero_mass, lz, bad_labels)
         with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 3\)"):
             ops.rectified_sample(weight, scale, zero_mass, bad_labels, 1, 0)
+    with pytest.raises(RuntimeError, match="weight must be finite"):
+        ops.rectified_sample(weight.clone().fill_(math.nan), scale, zero_mass, labels, 1, 0)
     with pytest.raises(RuntimeError, match="offset must be non-negative"):
         ops.rectified_sample(weight, scale, zero_mass, labels, 1, -1)
     with pytest.raises(ValueError, match="seed must lie in"):

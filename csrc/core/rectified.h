@@ -244,7 +244,9 @@ struct RectifiedStream<double> {
   }
   PENACT_HD static void span_uniforms(const uint32_t words[4][kSpanBlocks], double* u) {
     for (int k = 0; k < 2; ++k) {
-      for (int l = 0; l < kSpanBlocks; ++l) u[k * kSpanBlocks + l] = uniform_open_double(words[2 * k][l], words[2 * k + 1][l]);
+      for (int l = 0; l < kSpanBlocks; ++l) {
+        u[k * kSpanBlocks + l] = uniform_open_double(words[2 * k][l], words[2 * k + 1][l]);
+      }
     }
   }
 };

@@ -1,12 +1,13 @@
 // CPU implementations of the rectified operators (SPEC section 2b). The math is core/rectified.h,
 // the code the CUDA kernels run; this file is layout: per-class tables computed once per call,
-// rows in parallel (at::parallel_for), and inner loops over lanes that the compiler vectorizes,
+// blocks of rows in parallel (parallel_rows), and inner loops that the compiler vectorizes,
 // compiled per instruction set (PENACT_CPU_DISPATCH, philox_lanes.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <atomic>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -18,8 +19,6 @@
 
 namespace penact {
 namespace {
-
-constexpr int kLanes = 16;  // independent accumulators: a full AVX-512 float register, hides FMA latency
 
 // Runs rows(begin, end) over [0, n) in blocks of about row_grain(row_length) rows that the threads
 // take in turn from a shared counter, and returns the sum of what rows returns. Unlike the static
@@ -88,11 +87,14 @@ DrawTables<T> draw_tables(const at::Tensor& weight, const at::Tensor& scale, con
   const double* s_data = s.data_ptr<double>();
   const double* m_data = m.data_ptr<double>();
   for (int64_t j = 0; j < dim; ++j) t.scale[j] = static_cast<T>(s_data[j]);
+  std::atomic<bool> finite{true};  // checked here, in the one pass over the drawn classes' weights
   at::parallel_for(0, num_classes, cell_grain(dim), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       if (!drawn[c]) continue;
       for (int64_t j = 0; j < dim; ++j) {
-        const RectifiedDrawParams<T> p = rectified_draw_params<T>(static_cast<double>(w_data[c * dim + j]), s_data[j], m_data[j]);
+        const double w_cj = static_cast<double>(w_data[c * dim + j]);
+        if (!std::isfinite(w_cj)) finite = false;
+        const RectifiedDrawParams<T> p = rectified_draw_params<T>(w_cj, s_data[j], m_data[j]);
         const int64_t cell = c * t.stride + j;
         t.inv_nonzero[cell] = p.inv_nonzero;
         t.shift[cell] = p.shift;
@@ -102,6 +104,7 @@ DrawTables<T> draw_tables(const at::Tensor& weight, const at::Tensor& scale, con
       }
     }
   });
+  TORCH_CHECK(finite.load(), "penact: weight must be finite (rows of the classes drawn hold inf or NaN)");
   return t;
 }
 
@@ -198,7 +201,8 @@ BaseMeasure<W> base_measure(const at::Tensor& scale, const at::Tensor& zero_mass
 }
 
 // One row: sum_j w_j a_j (when w is given) + sum_j [a_j > 0 ? -a_j^2 / (2 s_j^2) : log m_j], and
-// how many a_j were negative or NaN (the value check, fused into the one read of the row).
+// how many a_j were negative or NaN (the value check, fused into the one read of the row). `omp simd`
+// lets the compiler keep the sums in vector accumulators.
 template <typename W>
 struct RowDensity {
   W value;
@@ -206,40 +210,23 @@ struct RowDensity {
 };
 
 template <bool kWithDot, typename W, typename X>
-inline void accumulate_coordinate(const W* w, const X* a, const W* half_precision,
-                                  const W* log_zero_mass, int64_t j, W* acc, W* bad) {
-  const W av = static_cast<W>(a[j]);
-  // Both terms are formed before the select: a load inside one branch would stop vectorization.
-  const W slab = -av * av * half_precision[j];
-  const W atom = log_zero_mass[j];
-  const W base = av > W(0) ? slab : atom;
-  if constexpr (kWithDot) {
-    *acc += w[j] * av + base;
-  } else {
-    *acc += base;
-  }
-  *bad += static_cast<W>(!(av >= W(0)));  // a select here stops GCC 12's vectorizer; NaN counts too
-}
-
-template <bool kWithDot, typename W, typename X>
-RowDensity<W> row_log_density(const W* w, const X* a, const W* half_precision,
-                                const W* log_zero_mass, int64_t n) {
-  W acc[kLanes] = {}, bad[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      accumulate_coordinate<kWithDot>(w, a, half_precision, log_zero_mass, k + l, &acc[l], &bad[l]);
+RowDensity<W> row_log_density(const W* w, const X* a, const W* half_precision, const W* log_zero_mass, int64_t n) {
+  W value = W(0), bad = W(0);
+#pragma omp simd reduction(+ : value, bad)
+  for (int64_t j = 0; j < n; ++j) {
+    const W av = static_cast<W>(a[j]);
+    // Both terms are formed before the select: a load inside one branch would stop vectorization.
+    const W slab = -av * av * half_precision[j];
+    const W atom = log_zero_mass[j];
+    const W base = av > W(0) ? slab : atom;
+    if constexpr (kWithDot) {
+      value += w[j] * av + base;
+    } else {
+      value += base;
     }
+    bad += static_cast<W>(!(av >= W(0)));  // a select here stops GCC 12's vectorizer; NaN counts too
   }
-  for (int l = 0; k < n; ++k, ++l) {
-    accumulate_coordinate<kWithDot>(w, a, half_precision, log_zero_mass, k, &acc[l], &bad[l]);
-  }
-  RowDensity<W> out{W(0), W(0)};
-  for (int l = 0; l < kLanes; ++l) {
-    out.value += acc[l];
-    out.bad += bad[l];
-  }
-  return out;
+  return {value, bad};
 }
 
 template <typename W, typename X>
