@@ -26,6 +26,9 @@ void check_log_prob_args(const at::Tensor& x, const at::Tensor& weight, const at
 void check_log_prob_backward_args(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& labels, double radius);
 
+// Whether a check may read tensor values: false on CUDA during graph capture (no synchronization).
+bool can_check_values(const at::Tensor& t);
+
 // Labels as contiguous int64, after checking their range against num_classes.
 at::Tensor checked_labels(const at::Tensor& labels, int64_t num_classes);
 

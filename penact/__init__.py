@@ -3,6 +3,7 @@ that a classifier's final layer defines (a generative-discriminative pair with i
 from . import _ops as ops
 from .base import ClassConditionalDistribution
 from .distribution import PenultimateDistribution
+from .rectified import RectifiedDistribution
 
 __all__ = ["ops", "ClassConditionalDistribution", "PenultimateDistribution"]
 __version__ = "0.1.0"
