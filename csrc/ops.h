@@ -29,6 +29,10 @@ void check_log_prob_backward_args(const at::Tensor& grad, const at::Tensor& x, c
 // Whether a check may read tensor values: false on CUDA during graph capture (no synchronization).
 bool can_check_values(const at::Tensor& t);
 
+// t, sine, kappa: [...] of one shape, floating point, on one device; dim >= 2 (rsample_ops.cpp).
+void check_cosine_kappa_grad_args(const at::Tensor& t, const at::Tensor& sine, const at::Tensor& kappa,
+                                  int64_t dim);
+
 // Labels as contiguous int64, after checking their range against num_classes.
 at::Tensor checked_labels(const at::Tensor& labels, int64_t num_classes);
 
