@@ -3,7 +3,8 @@ that a classifier's final layer defines (a generative-discriminative pair with i
 from . import _ops as ops
 from .base import ClassConditionalDistribution
 from .distribution import PenultimateDistribution
+from .distributions import HypersphericalUniform, VonMisesFisher
 from .rectified import RectifiedDistribution
 
-__all__ = ["ops", "ClassConditionalDistribution", "PenultimateDistribution"]
+__all__ = ["ops", "ClassConditionalDistribution", "PenultimateDistribution", "VonMisesFisher", "HypersphericalUniform"]
 __version__ = "0.1.0"

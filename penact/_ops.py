@@ -230,3 +230,10 @@ torch.library.register_autograd("penact::vmf_log_normalizer", _log_normalizer_ba
                                 setup_context=_setup_log_normalizer)
 torch.library.register_autograd("penact::vmf_log_prob", _log_prob_backward, setup_context=_setup_log_prob)
 torch.library.register_autograd("penact::vmf_log_prob_all", _log_prob_all_backward, setup_context=_setup_log_prob_all)
+
+
+# Differentiable sampling (csrc/rsample_ops.cpp): wrappers, fake kernels and backward live in
+# _rsample_ops, beside this module's; re-exported so that penact.ops holds every operator.
+from ._rsample_ops import vmf_cosine_kappa_grad, vmf_rsample  # noqa: E402
+
+__all__ += ["vmf_cosine_kappa_grad", "vmf_rsample"]

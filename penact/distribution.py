@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from . import _ops as ops
 from ._random import resolve_seed
 from .base import ClassConditionalDistribution
+from .distributions import VonMisesFisher
 
 
 def _check_finite(name: str, t: Tensor) -> None:
@@ -145,6 +146,23 @@ class PenultimateDistribution(ClassConditionalDistribution):
         seed, offset = resolve_seed(seed, offset, generator)
         with torch.no_grad():
             return ops.vmf_sample(self.mean_direction, self.kappa, labels, self.radius, seed, offset)
+
+    def rsample(self, labels: Tensor, seed: int | None = None, offset: int | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """:meth:`sample` (the same values for the same seed), differentiable in ``weight`` through
+        ``kappa`` and ``mean_direction``: implicit reparameterization of the cosine ``t = mu . u`` for
+        the concentration, the projection that makes the direction for ``mu`` (SPEC section 3,
+        :mod:`penact._rsample_ops`). ``[N, D]``.
+        """
+        seed, offset = resolve_seed(seed, offset, generator)
+        return ops.vmf_rsample(self.mean_direction, self.kappa, labels, self.radius, seed, offset)
+
+    def component(self, y) -> VonMisesFisher:
+        """The class-``y`` distribution of the direction ``u = x / r`` as a
+        :class:`penact.distributions.VonMisesFisher` (``loc = mu_y``, ``concentration = kappa_y``),
+        differentiable in ``weight``. ``y``: an int, or an integer tensor whose shape becomes the
+        batch shape."""
+        return VonMisesFisher(self.mean_direction[y], self.kappa[y])
 
     def log_prob(self, x: Tensor, labels: Tensor) -> Tensor:
         """``log p(x_i | labels[i])`` at the direction of ``x: [N, D]``, ``[N]``."""

@@ -1,0 +1,123 @@
+"""Differentiable sampling of the sphere family (SPEC section 3, "Gradients of samples"): typed
+wrappers over ``torch.ops.penact.vmf_cosine_kappa_grad`` and ``torch.ops.penact.vmf_rsample``
+(schemas in ``csrc/rsample_ops.cpp``), their fake kernels and the backward of ``vmf_rsample``.
+
+The method. A draw is ``u = t mu + sqrt(1 - t^2) v``, with the cosine ``t`` from Wood's step and
+``v`` a unit vector orthogonal to ``mu``. The forward is the fused sampler, unchanged. The
+backward recovers ``t = u . mu``, ``s v = u - t mu`` (``s = sqrt(1 - t^2)``) from the draw and
+differentiates
+
+- in ``kappa`` by implicit reparameterization (Figurnov, Mohamed and Mnih 2018): ``t`` moves with
+  its CDF value held fixed, ``dt/dkappa = -(dF/dkappa)(t) / p(t)`` (``vmf_cosine_kappa_grad``), so
+  ``du/dkappa = (dt/dkappa) (mu - t v / s)``. Differentiating through the accepted proposal of the
+  rejection sampler instead is biased (SPEC: 0.128 instead of 0.147 for ``d/dkappa E[t]`` at
+  ``D = 5``, ``kappa = 2``);
+- in ``mu`` through the projection that makes ``v``: ``v = normalize(g - (g . mu) mu)``, with ``g``
+  replaced by its part ``v`` orthogonal to ``mu``, which the draw determines:
+  ``du[delta] = t delta - s (v . delta) mu``, i.e. ``grad_mu = t G - (G . mu) s v``. The sampler's
+  own Gaussian also has a component ``a = g . mu`` along ``mu``; it is independent of ``(t, v)``
+  with mean zero and enters the pathwise derivative linearly, so dropping it gives the
+  conditional expectation of that derivative given the draw: unbiased, with less variance, and
+  without regenerating the Gaussian.
+
+Both gradients are exact in expectation: ``d/dtheta E[f(u)] = E[grad]`` (tested by Monte Carlo
+against closed forms and finite differences of expectations). For ``D = 3`` the sampler is the
+exact inverse CDF, so there the kappa-gradient of a fixed-seed draw is also its pathwise derivative.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loading the library registers torch.ops.penact)
+from ._ops import _as_int64
+
+_ops = torch.ops.penact
+
+__all__ = ["vmf_cosine_kappa_grad", "vmf_rsample"]
+
+
+def vmf_cosine_kappa_grad(dim: int, kappa: Tensor, t: Tensor, sine: Tensor) -> Tensor:
+    r"""``dt/dkappa`` of a draw's cosine ``t = mu . u`` under vMF(mu, kappa) on ``S^{D-1}``, holding
+    its CDF value fixed (implicit reparameterization), elementwise:
+
+        dt/dkappa = int_t^1 (s - A) p(s) ds / p(t) = int_{-1}^t (A - s) p(s) ds / p(t) >= 0,
+
+    ``p(s) ~ exp(kappa s) (1 - s^2)^((D-3)/2)``, ``A = A_D(kappa)``; the tail on which ``s - A`` keeps
+    its sign is integrated (adaptive Gauss-Kronrod, relative error ~1e-13 from ``kappa = 0`` to
+    ``1e7`` and ``D = 2`` to ``65536``). ``kappa = 0`` gives ``(1 - t^2) / (D - 1)``.
+
+    ``t``, ``sine = sqrt(1 - t^2)`` (both from the draw: ``1 -+ t`` near ``+-1`` is recovered as
+    ``sine^2 / (1 +- t)``, which keeps its digits) and ``kappa >= 0`` broadcast together. Computed in
+    float64, returned in ``t``'s dtype; NaN where ``kappa`` is negative, infinite or NaN.
+    Not differentiable.
+    """
+    t, sine, kappa = torch.broadcast_tensors(t, sine, torch.as_tensor(kappa, dtype=t.dtype, device=t.device))
+    return _ops.vmf_cosine_kappa_grad.default(t, sine, kappa, int(dim))
+
+
+def vmf_rsample(mean_direction: Tensor, kappa: Tensor, labels: Tensor, radius: float, seed: int,
+                offset: int) -> Tensor:
+    r"""``x_i = r u_i``, ``u_i ~ vMF(mean_direction[labels[i]], kappa[labels[i]])``, differentiable in
+    ``mean_direction: [C, D]`` (unit rows) and ``kappa: [C]`` (see the module's docstring for the
+    method). The values are exactly :func:`penact.ops.vmf_sample`'s for the same arguments (row
+    ``i`` draws from the Philox stream ``(seed, offset + i)``). Returns ``[N, D]``.
+    """
+    return _ops.vmf_rsample.default(mean_direction, kappa, labels, float(radius), _as_int64(seed), int(offset))
+
+
+@torch.library.register_fake("penact::vmf_cosine_kappa_grad")
+def _(t, sine, kappa, dim):
+    return torch.empty_like(t)
+
+
+@torch.library.register_fake("penact::vmf_rsample")
+def _(mean_direction, kappa, labels, radius, seed, offset):
+    return mean_direction.new_empty(labels.shape[0], mean_direction.shape[1])
+
+
+def _refuse_second_derivative(ctx, grad):
+    raise NotImplementedError("penact: second derivatives of rsample through the concentration (the derivative "
+                              "of vmf_cosine_kappa_grad) are not implemented")
+
+
+def _setup_cosine_kappa_grad(ctx, inputs, output):
+    pass
+
+
+def _setup_rsample(ctx, inputs, output):
+    mean_direction, kappa, labels, radius, seed, offset = inputs
+    ctx.radius = radius
+    ctx.save_for_backward(mean_direction, kappa, labels, output)
+
+
+def _rsample_backward(ctx, grad):
+    # u = t mu + s v with s v = u - t mu recovered from the draw (module docstring); G = r grad:
+    #   grad_mu_i = t G - (G . mu) s v,   grad_kappa_i = (dt/dkappa) (G . mu - t (G . s v) / s^2),
+    # summed over the rows of each class.
+    mean_direction, kappa, labels, sample = ctx.saved_tensors
+    need_mu, need_kappa = ctx.needs_input_grad[:2]
+    labels = labels.long()
+    mu = mean_direction[labels]
+    u = sample / ctx.radius
+    g = grad * ctx.radius
+    t = (u * mu).sum(dim=1, keepdim=True)
+    orthogonal = u - t * mu
+    along = (g * mu).sum(dim=1, keepdim=True)
+    grad_mu = grad_kappa = None
+    if need_mu:
+        grad_mu = torch.zeros_like(mean_direction).index_add_(0, labels, t * g - along * orthogonal)
+    if need_kappa:
+        sine2 = orthogonal.square().sum(dim=1)
+        sine = sine2.sqrt()
+        dt_dkappa = vmf_cosine_kappa_grad(mean_direction.shape[1], kappa[labels].to(t.dtype), t[:, 0], sine)
+        # s = 0 only at t = +-1 (probability zero), where dt/dkappa = 0 as well.
+        across = t[:, 0] * (g * orthogonal).sum(dim=1) / sine2.clamp_min(torch.finfo(sine2.dtype).tiny)
+        rows = dt_dkappa * (along[:, 0] - across)
+        grad_kappa = torch.zeros_like(kappa).index_add_(0, labels, rows.to(kappa.dtype))
+    return grad_mu, grad_kappa, None, None, None, None
+
+
+torch.library.register_autograd("penact::vmf_cosine_kappa_grad", _refuse_second_derivative,
+                                setup_context=_setup_cosine_kappa_grad)
+torch.library.register_autograd("penact::vmf_rsample", _rsample_backward, setup_context=_setup_rsample)
