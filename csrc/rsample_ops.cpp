@@ -26,14 +26,16 @@ void check_cosine_kappa_grad_args(const at::Tensor& t, const at::Tensor& sine, c
 
 namespace {
 
-// The draw is exactly vmf_sample's (same streams, same values); only autograd differs.
+// The draw is exactly vmf_sample's in the dtype of mean_direction (same streams, same values);
+// only autograd differs.
 at::Tensor vmf_rsample(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
                        double radius, int64_t seed, int64_t offset) {
   static const auto sample =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("penact::vmf_sample", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, int64_t)>();
-  return sample.call(mean_direction, kappa, labels, radius, seed, offset);
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, int64_t,
+                            std::optional<at::ScalarType>)>();
+  return sample.call(mean_direction, kappa, labels, radius, seed, offset, std::nullopt);
 }
 
 }  // namespace
