@@ -91,30 +91,36 @@ def _setup_rsample(ctx, inputs, output):
     ctx.save_for_backward(mean_direction, kappa, labels, output)
 
 
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``[N]`` dot products of the rows of ``a, b: [N, D]``, without an ``[N, D]`` temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
 def _rsample_backward(ctx, grad):
-    # u = t mu + s v with s v = u - t mu recovered from the draw (module docstring); G = r grad:
-    #   grad_mu_i = t G - (G . mu) s v,   grad_kappa_i = (dt/dkappa) (G . mu - t (G . s v) / s^2),
-    # summed over the rows of each class.
+    # x = r u, u = t mu + s v, with r s v = x - r t mu recovered from the draw (module docstring).
+    # With G = r grad the gradient with respect to u:
+    #   grad_mu_i = t G - (G . mu) s v = r t grad - (grad . mu) (r s v),
+    #   grad_kappa_i = (dt/dkappa) (G . mu - t (G . s v) / s^2),
+    # summed over the rows of each class. Memory-bound: a handful of passes over [N, D].
     mean_direction, kappa, labels, sample = ctx.saved_tensors
     need_mu, need_kappa = ctx.needs_input_grad[:2]
+    radius = ctx.radius
     labels = labels.long()
-    mu = mean_direction[labels]
-    u = sample / ctx.radius
-    g = grad * ctx.radius
-    t = (u * mu).sum(dim=1, keepdim=True)
-    orthogonal = u - t * mu
-    along = (g * mu).sum(dim=1, keepdim=True)
+    mu = mean_direction.index_select(0, labels)
+    t = _row_dot(sample, mu) / radius
+    orthogonal = torch.addcmul(sample, mu, (-radius * t).unsqueeze(1))  # r s v
+    along = _row_dot(grad, mu)  # grad . mu
     grad_mu = grad_kappa = None
-    if need_mu:
-        grad_mu = torch.zeros_like(mean_direction).index_add_(0, labels, t * g - along * orthogonal)
     if need_kappa:
-        sine2 = orthogonal.square().sum(dim=1)
-        sine = sine2.sqrt()
-        dt_dkappa = vmf_cosine_kappa_grad(mean_direction.shape[1], kappa[labels].to(t.dtype), t[:, 0], sine)
+        sine2 = _row_dot(orthogonal, orthogonal) / radius**2
+        across = _row_dot(grad, orthogonal)  # G . s v
+        dt_dkappa = vmf_cosine_kappa_grad(mean_direction.shape[1], kappa.index_select(0, labels), t, sine2.sqrt())
         # s = 0 only at t = +-1 (probability zero), where dt/dkappa = 0 as well.
-        across = t[:, 0] * (g * orthogonal).sum(dim=1) / sine2.clamp_min(torch.finfo(sine2.dtype).tiny)
-        rows = dt_dkappa * (along[:, 0] - across)
-        grad_kappa = torch.zeros_like(kappa).index_add_(0, labels, rows.to(kappa.dtype))
+        rows = dt_dkappa * (radius * along - t * across / sine2.clamp_min(torch.finfo(sine2.dtype).tiny))
+        grad_kappa = torch.zeros_like(kappa).index_add_(0, labels, rows)
+    if need_mu:
+        rows = orthogonal.mul_(-along.unsqueeze(1)).addcmul_(grad, (radius * t).unsqueeze(1))
+        grad_mu = torch.zeros_like(mean_direction).index_add_(0, labels, rows)
     return grad_mu, grad_kappa, None, None, None, None
 
 
