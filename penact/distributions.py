@@ -170,7 +170,9 @@ class VonMisesFisher(Distribution):
         rows = math.prod(shape[:-1])
         if rows == 0:
             return loc.new_empty(shape)
-        labels = torch.arange(rows, device=loc.device) % loc.shape[0]
+        labels = torch.arange(rows, device=loc.device)
+        if rows > loc.shape[0]:
+            labels %= loc.shape[0]
         return ops.vmf_rsample(loc, concentration, labels, 1.0, seed, offset).reshape(shape)
 
     def sample(self, sample_shape=torch.Size(), seed: int | None = None, offset: int | None = None,
