@@ -81,10 +81,6 @@ def _refuse_second_derivative(ctx, grad):
                               "of vmf_cosine_kappa_grad) are not implemented")
 
 
-def _setup_cosine_kappa_grad(ctx, inputs, output):
-    pass
-
-
 def _setup_rsample(ctx, inputs, output):
     mean_direction, kappa, labels, radius, seed, offset = inputs
     ctx.radius = radius
@@ -124,6 +120,5 @@ def _rsample_backward(ctx, grad):
     return grad_mu, grad_kappa, None, None, None, None
 
 
-torch.library.register_autograd("penact::vmf_cosine_kappa_grad", _refuse_second_derivative,
-                                setup_context=_setup_cosine_kappa_grad)
+torch.library.register_autograd("penact::vmf_cosine_kappa_grad", _refuse_second_derivative)
 torch.library.register_autograd("penact::vmf_rsample", _rsample_backward, setup_context=_setup_rsample)
