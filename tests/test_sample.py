@@ -182,3 +182,13 @@ def test_agrees_with_the_composite_twin(rng):
     t_kernel = (ops.vmf_sample(mu, k, labels, 1.0, 17, 0) @ mu[0]).numpy()
     t_twin = (reference.vmf_sample(mu, k, labels, 1.0, generator=rng) @ mu[0]).numpy()
     assert scipy.stats.ks_2samp(t_kernel, t_twin).pvalue > 1e-5
+
+
+def test_unit_norm_to_rounding_in_small_dimensions():
+    """D = 2 and 3 with huge kappa: the Gaussian is often nearly parallel to mu, where a single
+    projection leaves a component along mu; the draw must stay on the sphere to rounding."""
+    for dim in (2, 3):
+        mu = torch.nn.functional.normalize(torch.randn(2, dim, dtype=torch.float64), dim=1)
+        x = ops.vmf_sample(mu, torch.tensor([1e6, 3.0], dtype=torch.float64), torch.tensor([0, 1]).repeat(50000),
+                           1.0, 3, 0)
+        assert float((x.norm(dim=1) - 1).abs().max()) < 4e-16 * dim

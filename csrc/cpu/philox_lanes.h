@@ -11,20 +11,12 @@
 #include <cstring>
 
 #include "../core/philox.h"
+#include "dispatch.h"
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
 #define PENACT_X86_DISPATCH 1
 #include <immintrin.h>
 #define PENACT_TARGET_AVX2 __attribute__((target("avx2")))
-#endif
-
-// One build runs fast on every x86-64 CPU: the compiler emits AVX-512, AVX2 and baseline copies of
-// a hot row loop and the loader picks one for the CPU at hand; flatten inlines the callees into each
-// copy so that they are compiled for its instruction set (as in vmf_cpu.cpp).
-#if defined(PENACT_X86_DISPATCH)
-#define PENACT_CPU_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
-#else
-#define PENACT_CPU_DISPATCH
 #endif
 
 namespace penact {

@@ -12,6 +12,7 @@
 #include "../core/special.h"
 #include "../core/wood.h"
 #include "../ops.h"
+#include "dispatch.h"
 
 namespace penact {
 namespace {
@@ -35,14 +36,6 @@ Dot<Acc> dot_and_sumsq(const W* a, const X* b, int64_t n) {
   return {dot, sumsq};
 }
 
-// One build runs fast on every x86-64 CPU: the compiler emits AVX-512, AVX2 and baseline copies
-// of the hot loops and the loader picks one for the CPU at hand; flatten inlines the loops
-// into each copy so that they are compiled for its instruction set.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define PENACT_CPU_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
-#else
-#define PENACT_CPU_DISPATCH
-#endif
 
 // Philox blocks generated per batch: lane loops of this width vectorize across blocks.
 constexpr int kBlocksPerBatch = 16;
@@ -76,17 +69,17 @@ void sample_row(uint64_t seed, uint64_t row, const T* mu, double kappa, double r
   const Cosine cosine = vmf_cosine_draw(stream, static_cast<double>(dim), kappa);
   row_normals<T>(seed, row, gauss, dim);
   const T along = dot_and_sumsq<T, T, T>(mu, gauss, dim).dot;
-  T orth_norm2 = T(0);
-#pragma omp simd reduction(+ : orth_norm2)
-  for (int64_t k = 0; k < dim; ++k) {
-    const T v = gauss[k] - along * mu[k];
-    gauss[k] = v;
-    orth_norm2 += v * v;
-  }
-  const T scale_mu = static_cast<T>(radius * cosine.t);
+#pragma omp simd
+  for (int64_t k = 0; k < dim; ++k) gauss[k] -= along * mu[k];
+  // Project twice ("twice is enough"): when g is nearly parallel to mu (likely only for small D)
+  // one projection leaves a component along mu of relative size eps ||g|| / ||v||; the second
+  // removes it, folded into the output pass. ||v - c mu||^2 = ||v||^2 - c^2 since mu . mu = 1.
+  const Dot<T> residual = dot_and_sumsq<T, T, T>(mu, gauss, dim);
+  const double orth_norm2 = static_cast<double>(residual.sumsq) - static_cast<double>(residual.dot) * residual.dot;
   // A zero orthogonal part has probability zero; guard the division all the same.
-  const T scale_orth =
-      orth_norm2 > T(0) ? static_cast<T>(radius * cosine.sine / std::sqrt(static_cast<double>(orth_norm2))) : T(0);
+  const double orth_scale = orth_norm2 > 0.0 ? radius * cosine.sine / std::sqrt(orth_norm2) : 0.0;
+  const T scale_orth = static_cast<T>(orth_scale);
+  const T scale_mu = static_cast<T>(radius * cosine.t - orth_scale * static_cast<double>(residual.dot));
   for (int64_t k = 0; k < dim; ++k) out[k] = static_cast<Out>(scale_mu * mu[k] + scale_orth * gauss[k]);
 }
 
@@ -111,17 +104,6 @@ PENACT_CPU_DISPATCH void sample_rows(const SampleArgs<T, Out>& args, int64_t beg
   }
 }
 
-// Calls f(X{}, W{}) with the element types of x and weight (pairs allowed by check_log_prob_args).
-template <typename F>
-void dispatch_x_weight(const at::Tensor& x, const at::Tensor& weight, F&& f) {
-  if (weight.scalar_type() == at::kDouble) return f(double{}, double{});
-  switch (x.scalar_type()) {
-    case at::kFloat: return f(float{}, float{});
-    case at::kHalf: return f(at::Half{}, float{});
-    case at::kBFloat16: return f(at::BFloat16{}, float{});
-    default: TORCH_CHECK(false, "penact: unsupported dtype of x: ", x.scalar_type());
-  }
-}
 
 at::Tensor vmf_sample_cpu(const at::Tensor& mean_direction, const at::Tensor& kappa, const at::Tensor& labels,
                           double radius, int64_t seed, int64_t offset, std::optional<at::ScalarType> dtype) {
