@@ -15,6 +15,7 @@ probability ``m_j / z``, else ``Normal(s_j^2 w_yj, s_j^2)`` truncated to ``(0, i
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +91,7 @@ class RectifiedDistribution(ClassConditionalDistribution):
 
     @classmethod
     def fit(cls, linear: nn.Linear, activations: Tensor, labels: Tensor | None = None,
-            max_iter: int = 100) -> "RectifiedDistribution":
+            max_iter: int = 1000) -> "RectifiedDistribution":
         """Fits ``scale`` and ``zero_mass`` to real activations ``[N, D]`` (the layer's input, ``>= 0``)
         by maximum likelihood, all coordinates at once.
 
@@ -233,7 +234,14 @@ def _fit_coordinates(weight: Tensor, a: Tensor, labels: Tensor, max_iter: int) -
         for _ in range(50):
             u_new, v_new = u + step * step_u, v + step * step_v
             stats_new = ops.rectified_coordinate_stats(weight, *parameters(u_new, v_new))
-            accepted = objective(stats_new, u_new, v_new) <= value - 1e-4 * step * decrement + slack
+            armijo = objective(stats_new, u_new, v_new) <= value - 1e-4 * step * decrement + slack
+            # Near the optimum the decrease drops below the rounding of f and Armijo cannot see it;
+            # a step that shrinks the Newton decrement (measured in the old metric) still counts.
+            grad_u_new = (counts * stats_new[1]).sum(dim=0) - zero_count
+            grad_v_new = (counts * stats_new[3]).sum(dim=0) - sum_sq
+            new_step_u = torch.where(has_atom, -(h_vv * grad_u_new - h_uv * grad_v_new) / det, torch.zeros_like(u))
+            new_step_v = torch.where(has_atom, -(h_uu * grad_v_new - h_uv * grad_u_new) / det, -grad_v_new / h_vv)
+            accepted = armijo | (-(grad_u_new * new_step_u + grad_v_new * new_step_v) < 0.25 * decrement)
             if bool((accepted | (step == 0)).all()):
                 break
             step = torch.where(accepted | (step < 1e-9), step * accepted, 0.5 * step)
@@ -241,6 +249,9 @@ def _fit_coordinates(weight: Tensor, a: Tensor, labels: Tensor, max_iter: int) -
         u, v = u + step * step_u, v + step * step_v
         stats = ops.rectified_coordinate_stats(weight, *parameters(u, v))
         value = objective(stats, u, v)
+    if not bool(done.all()):
+        warnings.warn(f"RectifiedDistribution.fit: {int((~done).sum())} coordinates did not converge in {max_iter} "
+                      "Newton steps; raise max_iter", RuntimeWarning, stacklevel=3)
     scale, zero_mass = parameters(u, v)
     if bool(live.any()):
         dead_scale = 1e-6 * scale[live].median()
