@@ -12,4 +12,4 @@ if __name__ == "__main__":
     arguments = sys.argv[1:]
     if not any(a == "--out" or a.startswith("--out=") for a in arguments):
         arguments += ["--out", str(Path(__file__).resolve().parent / "results")]
-    sys.exit(bench.main(arguments))
+    sys.exit(bench.cli(arguments))

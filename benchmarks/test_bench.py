@@ -77,7 +77,7 @@ def test_operation(benchmark, problems, op, peer_name):
 
 def test_bench_writes_results(tmp_path):
     """A tiny end-to-end run of ``penact bench``: it writes the JSON, Markdown and PNG it promises."""
-    code = bench.main(["--D", "64", "--C", "3", "--N", "200,400", "--kappa", "~D", "--no-headline",
+    code = bench.cli(["--D", "64", "--C", "3", "--N", "200,400", "--kappa", "~D", "--no-headline",
                        "--peers", "penact,composite,scipy", "--no-progress", "--out", str(tmp_path)])
     assert code == 0
     written = sorted(path.suffix for path in tmp_path.iterdir())

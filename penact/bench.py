@@ -1442,7 +1442,7 @@ class _NoProgress:
         pass
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     """Runs the benchmark described by parsed ``args``; writes the results and prints the tables."""
     settings = settings_from_args(args)
     started = time.perf_counter()
@@ -1499,11 +1499,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def cli(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m penact.bench``, ``benchmarks/run.py``); ``penact bench`` is the same."""
     parser = add_arguments(argparse.ArgumentParser(prog="penact bench", description=__doc__.split("\n\n")[0],
                                                    formatter_class=argparse.RawDescriptionHelpFormatter))
-    return run(parser.parse_args(argv))
+    return main(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

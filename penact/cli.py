@@ -11,6 +11,7 @@ import sys
 
 SUBCOMMANDS = {
     "demo": "penact.demo",
+    "bench": "penact.bench",
     "distill": "penact.distill.cli",
 }
 
