@@ -6,5 +6,6 @@ from .distribution import PenultimateDistribution
 from .distributions import HypersphericalUniform, VonMisesFisher
 from .rectified import RectifiedDistribution
 
-__all__ = ["ops", "ClassConditionalDistribution", "PenultimateDistribution", "VonMisesFisher", "HypersphericalUniform"]
+__all__ = ["ops", "ClassConditionalDistribution", "PenultimateDistribution", "RectifiedDistribution", "VonMisesFisher",
+           "HypersphericalUniform"]
 __version__ = "0.1.0"
