@@ -10,7 +10,8 @@
 The pure-torch twin (``penact._rectified_reference``) is timed alongside as the composite baseline.
 Parameters: ``W ~ N(0, 0.1^2)`` (a trained layer's scale), ``s`` in (0.5, 3), ``m`` in (0.5, 1.5)
 (30-50% exact zeros), so ``s w`` lies mostly within +-1; ``--tail-heavy`` uses ``W ~ N(0, 1)``,
-which sends about a fifth of the coordinates past ``s w = -2`` to the rejection sampler.
+which sends about an eighth of the (class, coordinate) pairs past ``s w = -2`` to the scalar
+rejection sampler.
 
 Timing: one warm-up call each, then interleaved rounds (every peer once per round, in rotating
 order, so that a change of machine load hits all alike); medians (and minimums) of the rounds.

@@ -15,7 +15,6 @@ probability ``m_j / z``, else ``Normal(s_j^2 w_yj, s_j^2)`` truncated to ``(0, i
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor, nn
@@ -91,18 +90,20 @@ class RectifiedDistribution(ClassConditionalDistribution):
 
     @classmethod
     def fit(cls, linear: nn.Linear, activations: Tensor, labels: Tensor | None = None,
-            max_iter: int = 1000) -> "RectifiedDistribution":
+            max_iter: int = 100) -> "RectifiedDistribution":
         """Fits ``scale`` and ``zero_mass`` to real activations ``[N, D]`` (the layer's input, ``>= 0``)
         by maximum likelihood, all coordinates at once.
 
         Given ``W`` the likelihood separates per coordinate, and in the natural parameters
         ``(log m_j, -1 / (2 s_j^2))`` each part is a concave exponential-family likelihood with the
-        sufficient statistics ``(#{a_ij = 0}, sum_i a_ij^2)``: damped Newton steps (gradient and
-        Hessian from the model's moments, ``rectified_coordinate_stats``) converge to its maximum,
-        where the model's expected number of zeros and sum of squares match the data's. A coordinate
-        never zero in the data gets ``zero_mass = 0``; one always zero (a dead unit) gets
-        ``zero_mass = 1`` and a scale ``1e-6`` times the median of the others, so it is zero in all
-        but a vanishing fraction of draws. ``labels: [N]`` default to the classifier's predictions.
+        sufficient statistics ``(#{a_ij = 0}, sum_i a_ij^2)``; its maximum is where the model's
+        expected number of zeros and sum of squares match the data's. For each scale the best zero
+        mass solves the first equation exactly (a monotone sum of logistic functions of ``log m``);
+        the second, along that curve, is monotone in the scale: safeguarded Newton steps inside a
+        shrinking bracket, every coordinate at once (``_fit_coordinates``). A coordinate never zero
+        in the data gets ``zero_mass = 0``; one always zero (a dead unit) gets ``zero_mass = 1`` and
+        a scale ``1e-6`` times the median of the others, so it is zero in all but a vanishing
+        fraction of draws. ``labels: [N]`` default to the classifier's predictions.
 
         Raises:
             ValueError: bad shapes, negative or non-finite activations, labels out of range.
@@ -113,11 +114,13 @@ class RectifiedDistribution(ClassConditionalDistribution):
                              f"got {tuple(activations.shape)}")
         if activations.shape[0] == 0:
             raise ValueError("activations must hold at least one row to fit scale and zero_mass")
-        a = activations.detach().to(device=weight.device, dtype=torch.float64)
-        _check_finite("activations", a)
-        if not bool((a >= 0).all()):
-            raise ValueError("activations must be non-negative (ReLU outputs), got a minimum of "
-                             f"{float(a.min()):.6g}")
+        if not activations.is_floating_point():
+            raise ValueError(f"activations must be a floating point tensor, got {activations.dtype}")
+        a = activations.detach().to(weight.device)
+        lowest, highest = torch.aminmax(a)  # one pass; NaN fails both comparisons
+        if not (bool(lowest >= 0) and bool(highest < math.inf)):
+            raise ValueError("activations must be finite and non-negative (ReLU outputs), got values from "
+                             f"{float(lowest):.6g} to {float(highest):.6g}")
         if labels is None:
             with torch.no_grad():
                 labels = linear(a.to(weight.dtype)).argmax(dim=1)
@@ -178,85 +181,119 @@ class RectifiedDistribution(ClassConditionalDistribution):
                 f"dtype={self.weight.dtype}, device={self.weight.device})")
 
 
-def _fit_coordinates(weight: Tensor, a: Tensor, labels: Tensor, max_iter: int) -> tuple[Tensor, Tensor]:
-    """Maximum-likelihood ``(scale, zero_mass)``, ``[D]`` each, float64, for fixed ``weight [C, D]``.
+def _sufficient_statistics(a: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per coordinate, ``#{a_ij = 0}`` and ``sum_i a_ij^2`` (float64, ``[D]`` each): the gradient of
+    ``sum_i log p(a_i | y_i)`` in ``(m, s)`` at ``m = s = 1`` with log Z held fixed, i.e. one fused
+    pass of ``rectified_log_prob`` and of its backward, which sums columns in blocks of rows (torch's
+    column reductions of an ``[N, D]`` tensor are several times slower)."""
+    dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    a = a if a.dtype in (dtype, torch.float16, torch.bfloat16) else a.to(dtype)
+    dim = a.shape[1]
+    ones = [torch.ones(dim, dtype=dtype, device=a.device, requires_grad=True) for _ in range(2)]
+    with torch.enable_grad():
+        log_prob = ops.rectified_log_prob(a, torch.zeros(num_classes, dim, dtype=dtype, device=a.device), *ones,
+                                          torch.zeros(num_classes, dtype=dtype, device=a.device), labels)
+        sum_sq, zeros = torch.autograd.grad(log_prob.sum(), ones)
+    return zeros.double(), sum_sq.double()
 
-    Per coordinate, with ``u = log m``, ``v = -1 / (2 s^2)``, class counts ``n_c``, ``n0`` zeros and
-    ``S2 = sum_i a_i^2``, the mean negative log-likelihood (up to a constant) is
-    ``f = (sum_c n_c log z_c(u, v) - n0 u - S2 v) / N``, convex, with gradient
-    ``(sum_c n_c P_c(a = 0) - n0, sum_c n_c E_c[a^2] - S2) / N`` and Hessian the class-weighted
-    covariance of ``([a = 0], a^2)``. Newton steps with backtracking, every coordinate at once.
+
+def _fit_coordinates(weight: Tensor, a: Tensor, labels: Tensor, max_iter: int) -> tuple[Tensor, Tensor]:
+    """Maximum-likelihood ``(scale, zero_mass)``, ``[D]`` each, float64, for fixed ``weight [C, D]``
+    (float64) and activations ``a: [N, D]`` (any float dtype; sums accumulate in float64).
+
+    Per coordinate, with class shares ``n_c``, share of zeros ``n0`` and mean square ``S2`` of the
+    data, and the continuous part's mass ``g_c = s R(-s w_c)`` (log z at m = 0), the likelihood
+    equations in ``u = log m`` and ``v = -1 / (2 s^2)`` are
+
+        sum_c n_c sigmoid(u - log g_c) = n0,        sum_c n_c (1 - P_c(a = 0)) E_c[a^2 | a > 0] = S2.
+
+    The first fixes ``u*(v)`` (its left side rises from 0 to 1 in u; root bracketed by
+    ``min / max_c log g_c + logit(n0)``). The second, along ``u*(v)``, is the derivative of the
+    concave profile likelihood, so it rises in v from -S2 to +inf: its root is bracketed in
+    ``log s`` and found by Newton steps that fall back to regula falsi, with the derivative
+    ``h_vv - h_uv^2 / h_uu`` (the covariance of ``([a = 0], a^2)`` under the model, from
+    ``rectified_coordinate_stats`` at ``m = 0``, which gives log g and the conditional moments).
     """
     num, dim = a.shape
     counts = torch.bincount(labels, minlength=weight.shape[0]).double()[:, None] / num
-    zero_count = (a == 0).double().sum(dim=0) / num
-    sum_sq = (a * a).sum(dim=0) / num
-    nonzero_count = 1.0 - zero_count
-    live = nonzero_count > 0
-    has_atom = zero_count > 0
-    # Start from the moments of a centred half-normal: E[a^2 | a > 0] = s^2, P(0) / P(> 0) = m / (s R(0)).
-    scale0 = torch.where(live, torch.sqrt(sum_sq / nonzero_count.clamp_min(1e-300)), torch.ones_like(sum_sq))
-    u = torch.where(has_atom & live, torch.log(zero_count / nonzero_count.clamp_min(1e-300) * scale0
-                                               * math.sqrt(math.pi / 2)), torch.zeros_like(sum_sq))
-    v = -0.5 / scale0**2
+    zeros, sum_sq = _sufficient_statistics(a, labels, weight.shape[0])
+    zero_share, sum_sq = zeros / num, sum_sq / num
+    live = zero_share < 1
+    has_atom = live & (zero_share > 0)
+    logit_zero = torch.log(zero_share) - torch.log1p(-zero_share)
 
-    def parameters(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        scale = torch.sqrt(-0.5 / v)
-        zero_mass = torch.where(has_atom, torch.exp(u), torch.zeros_like(u))
-        return scale, zero_mass
-
-    def objective(stats: Tensor, u: Tensor, v: Tensor) -> Tensor:
-        return (counts * stats[0]).sum(dim=0) - zero_count * torch.where(has_atom, u, torch.zeros_like(u)) - sum_sq * v
-
-    stats = ops.rectified_coordinate_stats(weight, *parameters(u, v))
-    value = objective(stats, u, v)
-    done = ~live
-    for _ in range(max_iter):
-        _, p0, _, m2, m4 = stats
-        grad_u = (counts * p0).sum(dim=0) - zero_count
-        grad_v = (counts * m2).sum(dim=0) - sum_sq
-        h_uu = (counts * p0 * (1 - p0)).sum(dim=0)
-        h_uv = -(counts * p0 * m2).sum(dim=0)
-        h_vv = (counts * (m4 - m2 * m2)).sum(dim=0)
-        det = h_uu * h_vv - h_uv * h_uv
-        # The 2 x 2 Newton step; a coordinate without zeros keeps m = 0 and moves in v alone.
-        step_u = torch.where(has_atom, -(h_vv * grad_u - h_uv * grad_v) / det, torch.zeros_like(u))
-        step_v = torch.where(has_atom, -(h_uu * grad_v - h_uv * grad_u) / det, -grad_v / h_vv)
-        decrement = -(grad_u * step_u + grad_v * step_v)  # the squared Newton decrement, >= 0
-        done |= ~(decrement > 1e-20)  # converged to ~1e-10 in the parameters (also catches NaN)
-        if bool(done.all()):
-            break
-        # Far from the optimum a full step can be huge: at most 2 in log m and half of |v| (so v
-        # stays negative), then backtracking (Armijo, with slack for rounding in f), per coordinate.
-        step = torch.minimum(2.0 / step_u.abs().clamp_min(1e-300), 0.5 * v.abs() / step_v.abs().clamp_min(1e-300))
-        step = torch.where(done, torch.zeros_like(u), step.clamp(max=1.0))
-        slack = 1e-13 * value.abs()
-        for _ in range(50):
-            u_new, v_new = u + step * step_u, v + step * step_v
-            stats_new = ops.rectified_coordinate_stats(weight, *parameters(u_new, v_new))
-            armijo = objective(stats_new, u_new, v_new) <= value - 1e-4 * step * decrement + slack
-            # Near the optimum the decrease drops below the rounding of f and Armijo cannot see it;
-            # a step that shrinks the Newton decrement (measured in the old metric) still counts.
-            grad_u_new = (counts * stats_new[1]).sum(dim=0) - zero_count
-            grad_v_new = (counts * stats_new[3]).sum(dim=0) - sum_sq
-            new_step_u = torch.where(has_atom, -(h_vv * grad_u_new - h_uv * grad_v_new) / det, torch.zeros_like(u))
-            new_step_v = torch.where(has_atom, -(h_uu * grad_v_new - h_uv * grad_u_new) / det, -grad_v_new / h_vv)
-            accepted = armijo | (-(grad_u_new * new_step_u + grad_v_new * new_step_v) < 0.25 * decrement)
-            if bool((accepted | (step == 0)).all()):
+    def best_log_mass(log_slab: Tensor, start: Tensor) -> Tensor:
+        """u*(v) per coordinate (-inf without zeros): Newton steps from `start` (the previous root,
+        or the class-weighted mean of log g + logit(n0)), kept inside a shrinking bracket."""
+        low = log_slab.min(dim=0).values + logit_zero
+        high = log_slab.max(dim=0).values + logit_zero
+        mean = (counts * log_slab).sum(dim=0) + logit_zero
+        u = torch.where(torch.isfinite(start) & (start > low) & (start < high), start, mean)
+        u = torch.where(has_atom, u, torch.zeros_like(u))
+        for _ in range(100):
+            p_zero = torch.sigmoid(u - log_slab)
+            excess = (counts * p_zero).sum(dim=0) - zero_share
+            slope = (counts * p_zero * (1 - p_zero)).sum(dim=0)
+            low = torch.where(excess < 0, u, low)
+            high = torch.where(excess > 0, u, high)
+            newton = u - excess / slope
+            u_next = torch.where((newton >= low) & (newton <= high), newton, 0.5 * (low + high))
+            u_next = torch.where(excess == 0, u, u_next)  # a root (it may sit on the bracket's end)
+            done = ((u_next - u).abs() <= 1e-13 * (1 + u.abs())) | ~has_atom
+            u = torch.where(has_atom, u_next, u)
+            if bool(done.all()):
                 break
-            step = torch.where(accepted | (step < 1e-9), step * accepted, 0.5 * step)
-        done |= step == 0  # no decrease left to find: at the optimum up to rounding
-        u, v = u + step * step_u, v + step * step_v
-        stats = ops.rectified_coordinate_stats(weight, *parameters(u, v))
-        value = objective(stats, u, v)
-    if not bool(done.all()):
-        warnings.warn(f"RectifiedDistribution.fit: {int((~done).sum())} coordinates did not converge in {max_iter} "
-                      "Newton steps; raise max_iter", RuntimeWarning, stacklevel=3)
-    scale, zero_mass = parameters(u, v)
-    if bool(live.any()):
-        dead_scale = 1e-6 * scale[live].median()
-    else:
-        dead_scale = torch.tensor(1e-6, dtype=scale.dtype, device=scale.device)
+        return torch.where(has_atom, u, torch.full_like(u, -math.inf))
+
+    def profile(log_scale: Tensor, start: Tensor):
+        """u*, the profile score g(v) = sum_c n_c E_c[a^2] - S2 and its derivative in log s."""
+        scale = torch.exp(log_scale)
+        log_slab, _, _, m2, m4 = ops.rectified_coordinate_stats(weight, scale, torch.zeros_like(scale))
+        u = best_log_mass(log_slab, start)
+        p_zero = torch.sigmoid(u - log_slab)
+        p_one = 1 - p_zero
+        score = (counts * p_one * m2).sum(dim=0) - sum_sq
+        h_uu = (counts * p_zero * p_one).sum(dim=0)
+        h_uv = -(counts * p_zero * p_one * m2).sum(dim=0)
+        h_vv = (counts * (p_one * m4 - (p_one * m2) ** 2)).sum(dim=0)
+        slope_v = h_vv - torch.where(has_atom, h_uv * h_uv / h_uu.clamp_min(1e-300), torch.zeros_like(h_uv))
+        return u, score, slope_v / scale**2  # dv / dlog s = 1 / s^2
+
+    # Bracket log s around the half-normal estimate, widening until the score changes sign.
+    guess = 0.5 * torch.log(torch.where(live, sum_sq / (1 - zero_share).clamp_min(1e-300), torch.ones_like(sum_sq)))
+    low, high = guess - 1.0, guess + 1.0
+    no_root = torch.full_like(guess, math.nan)
+    for _ in range(60):
+        u_low, score_low, _ = profile(low, no_root)
+        _, score_high, _ = profile(high, u_low)
+        widen_low, widen_high = live & (score_low > 0), live & (score_high < 0)
+        if not bool((widen_low | widen_high).any()):
+            break
+        low, high = torch.where(widen_low, low - 3.0, low), torch.where(widen_high, high + 3.0, high)
+    # Newton steps in log s; where one leaves the bracket, regula falsi between its ends (Illinois:
+    # an end kept twice in a row has its score halved, so the bracket keeps shrinking from both sides).
+    log_scale, u = 0.5 * (low + high), u_low
+    kept = torch.zeros_like(guess)  # +1: the low end was kept last time, -1: the high end
+    for _ in range(max_iter):
+        u, score, slope = profile(log_scale, u)
+        is_low, is_high = score < 0, score > 0
+        score_high = torch.where(is_low & (kept > 0), 0.5 * score_high, score_high)
+        score_low = torch.where(is_high & (kept < 0), 0.5 * score_low, score_low)
+        low, score_low = torch.where(is_low, log_scale, low), torch.where(is_low, score, score_low)
+        high, score_high = torch.where(is_high, log_scale, high), torch.where(is_high, score, score_high)
+        kept = torch.where(is_low, torch.ones_like(kept), torch.where(is_high, -torch.ones_like(kept), kept))
+        newton = log_scale - score / slope
+        secant = low - score_low * (high - low) / (score_high - score_low)
+        step = torch.where((newton >= low) & (newton <= high), newton, secant)
+        step = torch.where(score == 0, log_scale, step)
+        settled = ((step - log_scale).abs() <= 1e-12 * (1 + log_scale.abs())) | ~live
+        log_scale = torch.where(live, step, log_scale)
+        if bool(settled.all()):
+            break
+    u, _, _ = profile(log_scale, u)
+    scale = torch.exp(log_scale)
+    zero_mass = torch.where(has_atom, torch.exp(u), torch.zeros_like(u))
+    dead_scale = 1e-6 * scale[live].median() if bool(live.any()) else scale.new_tensor(1e-6)
     scale = torch.where(live, scale, dead_scale)
     zero_mass = torch.where(live, zero_mass, torch.ones_like(zero_mass))
     return scale, zero_mass

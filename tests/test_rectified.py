@@ -129,8 +129,11 @@ def test_log_partition_matches_torch_twin(rng):
     for dtype in DTYPES:
         weight, _, scale, zero_mass = random_params(rng, 7, 33, dtype, spread=2.0)
         got = ops.rectified_log_partition(weight, scale, zero_mass)
-        expected = reference.rectified_log_partition(weight.double(), scale.double(), zero_mass.double())
-        torch.testing.assert_close(got.double(), expected, rtol=4 * EPS[dtype], atol=64 * EPS[dtype] * 33)
+        terms = reference.rectified_log_z(weight.double(), scale.double(), zero_mass.double())
+        expected = terms.sum(dim=1)
+        # rounding relative to the 33 terms summed, each to a few ulp (torch's log_ndtr included)
+        tol = 64 * EPS[dtype] * terms.abs().sum(dim=1)
+        assert ((got.double() - expected).abs() <= tol).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +167,10 @@ def test_log_prob_matches_twin(dtype, rng):
     args = (weight.double(), scale.double(), zero_mass.double(), log_partition.double())
     expected = reference.rectified_log_prob(a.double(), *args, labels)
     expected_all = reference.rectified_log_prob_all(a.double(), *args)
-    tol = 64 * EPS[dtype] * float(expected.abs().max()) if torch.isfinite(expected).all() else 1e-3
+    # rounding relative to the terms summed (they cancel): |w| . a, the base measure's terms, log Z
+    base_terms = torch.where(a > 0, a.double() ** 2 / (2 * scale.double() ** 2), zero_mass.double().log().abs())
+    magnitude = (a.double() @ weight.double().abs().t()).max() + base_terms.sum(dim=1).max() + log_partition.abs().max()
+    tol = 64 * EPS[dtype] * float(magnitude)
     got = ops.rectified_log_prob(a, weight, scale, zero_mass, log_partition, labels)
     finite = torch.isfinite(expected)
     assert torch.equal(torch.isfinite(got), finite) and bool((got[~finite] == -math.inf).all())
@@ -233,7 +239,7 @@ def test_samples_follow_the_truncated_normal(dtype, rng):
         values = x[:, j][x[:, j] > 0].numpy()
         s, mean = float(scale[j]), float(scale[j] ** 2 * weight[0, j])
         law = scipy.stats.truncnorm(-mean / s, np.inf, loc=mean, scale=s)
-        assert scipy.stats.kstest(values, law.cdf).pvalue > 1e-4, t
+        assert scipy.stats.kstest(values, law.cdf).pvalue > 1e-5, t
         if t <= -1e3:  # the excess keeps its relative precision: nearly exponential, mean s / |s w|
             assert abs(values.mean() - s / abs(t)) <= 5 * s / abs(t) / math.sqrt(len(values)), t
 
@@ -390,11 +396,13 @@ def test_sample_n_follows_the_prior(rng):
     assert torch.equal(x, x2) and torch.equal(y, y2)
     freq = torch.bincount(y, minlength=4).double() / 40000
     torch.testing.assert_close(freq, dist.log_prior.exp().detach(), rtol=0, atol=0.01)
-    # the closed-form mean and zero probability against the draws of class 0
-    rows = x[y == int(torch.argmax(freq))]
+    # the closed-form mean and zero probability against the draws of the most frequent class
     c = int(torch.argmax(freq))
-    torch.testing.assert_close(rows.mean(dim=0), dist.mean()[c], rtol=0.05, atol=0.05)
-    torch.testing.assert_close((rows == 0).double().mean(dim=0), dist.zero_probability()[c], rtol=0, atol=0.02)
+    rows = x[y == c]
+    n = rows.shape[0]
+    assert ((rows.mean(dim=0) - dist.mean()[c]).abs() <= 5 * rows.std(dim=0) / math.sqrt(n)).all()
+    p_zero = dist.zero_probability()[c]
+    assert (((rows == 0).double().mean(dim=0) - p_zero).abs() <= 5 * torch.sqrt(p_zero * (1 - p_zero) / n) + 1 / n).all()
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and has_kernel("rectified_sample", "CUDA")),
@@ -438,8 +446,8 @@ def test_fit_recovers_scale_and_zero_mass(rng):
     zeros = (x == 0).double().sum(dim=0)
     # at the maximum the model matches the data's zero count and sum of squares per coordinate
     stats = ops.rectified_coordinate_stats(weight, fitted.scale, fitted.zero_mass)
-    torch.testing.assert_close((counts * stats[1]).sum(dim=0), zeros, rtol=0, atol=1e-5)
-    torch.testing.assert_close((counts * stats[3]).sum(dim=0), (x * x).sum(dim=0), rtol=1e-8, atol=0)
+    torch.testing.assert_close((counts * stats[1]).sum(dim=0), zeros, rtol=0, atol=1e-3)
+    torch.testing.assert_close((counts * stats[3]).sum(dim=0), (x * x).sum(dim=0), rtol=1e-7, atol=0)
     assert torch.equal(fitted.zero_mass == 0, zeros == 0)  # never zero in the data: the MLE is m = 0
     # recovery within 5 standard errors, from the Fisher information at the truth in the natural
     # parameters (u, v) = (log m, -1 / (2 s^2)): the class-weighted covariance of ([a = 0], a^2)
@@ -613,7 +621,7 @@ def test_bad_distribution_arguments(rng):
         RectifiedDistribution(weight, bias[:2])
     layer = linear_layer(weight, bias)
     a = random_activations(rng, 10, 5)
-    with pytest.raises(ValueError, match="activations must be non-negative"):
+    with pytest.raises(ValueError, match="activations must be finite and non-negative"):
         RectifiedDistribution.fit(layer, a - 1)
     with pytest.raises(ValueError, match=r"activations must have shape \[N, D\] with D = 5"):
         RectifiedDistribution.fit(layer, a[:, :4])
