@@ -10,6 +10,43 @@ from torch import Tensor
 from ._random import resolve_seed
 
 
+def check_finite(name: str, t: Tensor) -> None:
+    """Raises ValueError naming ``name`` if ``t`` holds a non-finite value."""
+    # A value check is a data-dependent branch, which torch.compile cannot trace: compiled code
+    # skips it (validate the parameters once, outside the compiled function).
+    if torch.compiler.is_compiling():
+        return
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got non-finite values")
+
+
+def checked_layer(weight: Tensor, bias: Tensor | None, min_dim: int) -> tuple[Tensor, Tensor]:
+    """A final layer's ``(weight [C, D], bias [C])`` after the checks every family needs: float32 or
+    float64, finite, ``C >= 1``, ``D >= min_dim``; ``bias=None`` becomes zeros.
+
+    Raises:
+        ValueError: naming the argument and what was expected.
+    """
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        raise ValueError(f"weight must be a tensor of shape [C, D], got {getattr(weight, 'shape', type(weight))}")
+    if weight.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"weight must be float32 or float64, got {weight.dtype}")
+    if weight.shape[1] < min_dim:
+        raise ValueError(f"weight must have D >= {min_dim} columns, got D = {weight.shape[1]}")
+    if weight.shape[0] < 1:
+        raise ValueError("weight must have at least one class (row)")
+    check_finite("weight", weight.detach())
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must have shape [C] = [{weight.shape[0]}], got {tuple(bias.shape)}")
+    if bias.dtype != weight.dtype or bias.device != weight.device:
+        raise ValueError(f"bias must match weight's dtype and device ({weight.dtype}, {weight.device}), "
+                         f"got {bias.dtype}, {bias.device}")
+    check_finite("bias", bias.detach())
+    return weight, bias
+
+
 class ClassConditionalDistribution(abc.ABC):
     """A family of class-conditional distributions of penultimate activations, defined by a final
     linear layer ``(weight [C, D], bias [C])``, with prior ``log_prior [C]`` such that

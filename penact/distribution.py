@@ -16,17 +16,8 @@ from torch import Tensor, nn
 
 from . import _ops as ops
 from ._random import resolve_seed
-from .base import ClassConditionalDistribution
+from .base import ClassConditionalDistribution, checked_layer
 from .distributions import VonMisesFisher
-
-
-def _check_finite(name: str, t: Tensor) -> None:
-    # A value check is a data-dependent branch, which torch.compile cannot trace: compiled code
-    # skips it (validate the parameters once, outside the compiled function).
-    if torch.compiler.is_compiling():
-        return
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite, got non-finite values")
 
 
 def _check_radius(radius) -> float:
@@ -49,25 +40,7 @@ class PenultimateDistribution(ClassConditionalDistribution):
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, radius: float = 1.0):
-        if not isinstance(weight, Tensor) or weight.dim() != 2:
-            raise ValueError(f"weight must be a tensor of shape [C, D], got {getattr(weight, 'shape', type(weight))}")
-        if weight.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"weight must be float32 or float64, got {weight.dtype}")
-        if weight.shape[1] < 2:
-            raise ValueError(f"weight must have D >= 2 columns, got D = {weight.shape[1]}")
-        if weight.shape[0] < 1:
-            raise ValueError("weight must have at least one class (row)")
-        _check_finite("weight", weight.detach())
-        if bias is None:
-            bias = weight.new_zeros(weight.shape[0])
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias must have shape [C] = [{weight.shape[0]}], got {tuple(bias.shape)}")
-        if bias.dtype != weight.dtype or bias.device != weight.device:
-            raise ValueError(f"bias must match weight's dtype and device ({weight.dtype}, {weight.device}), "
-                             f"got {bias.dtype}, {bias.device}")
-        _check_finite("bias", bias.detach())
-        self.weight = weight
-        self.bias = bias
+        self.weight, self.bias = checked_layer(weight, bias, min_dim=2)
         self.radius = _check_radius(radius)
 
     # -- constructors --------------------------------------------------------------------------

@@ -21,8 +21,7 @@ from torch import Tensor, nn
 
 from . import _rectified_ops as ops
 from ._random import resolve_seed
-from .base import ClassConditionalDistribution
-from .distribution import _check_finite
+from .base import ClassConditionalDistribution, check_finite, checked_layer
 
 
 def _coordinate_parameter(name: str, value, weight: Tensor, allow_zero: bool) -> Tensor:
@@ -35,8 +34,8 @@ def _coordinate_parameter(name: str, value, weight: Tensor, allow_zero: bool) ->
     else:
         value = torch.full((dim,), float(value), dtype=weight.dtype, device=weight.device)
     detached = value.detach()
-    _check_finite(name, detached)
-    if torch.compiler.is_compiling():  # a data-dependent branch: skipped like _check_finite's
+    check_finite(name, detached)
+    if torch.compiler.is_compiling():  # a data-dependent branch: skipped like check_finite's
         return value
     if not bool((detached >= 0).all() if allow_zero else (detached > 0).all()):
         raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, "
@@ -60,23 +59,7 @@ class RectifiedDistribution(ClassConditionalDistribution):
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, scale: float | Tensor = 1.0,
                  zero_mass: float | Tensor = 1.0):
-        if not isinstance(weight, Tensor) or weight.dim() != 2:
-            raise ValueError(f"weight must be a tensor of shape [C, D], got {getattr(weight, 'shape', type(weight))}")
-        if weight.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"weight must be float32 or float64, got {weight.dtype}")
-        if weight.shape[0] < 1 or weight.shape[1] < 1:
-            raise ValueError(f"weight must have at least one class and one coordinate, got {tuple(weight.shape)}")
-        _check_finite("weight", weight.detach())
-        if bias is None:
-            bias = weight.new_zeros(weight.shape[0])
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias must have shape [C] = [{weight.shape[0]}], got {tuple(bias.shape)}")
-        if bias.dtype != weight.dtype or bias.device != weight.device:
-            raise ValueError(f"bias must match weight's dtype and device ({weight.dtype}, {weight.device}), "
-                             f"got {bias.dtype}, {bias.device}")
-        _check_finite("bias", bias.detach())
-        self.weight = weight
-        self.bias = bias
+        self.weight, self.bias = checked_layer(weight, bias, min_dim=1)
         self.scale = _coordinate_parameter("scale", scale, weight, allow_zero=False)
         self.zero_mass = _coordinate_parameter("zero_mass", zero_mass, weight, allow_zero=True)
 
