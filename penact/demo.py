@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .data import load_digits_split
 from .distribution import PenultimateDistribution
+from .rectified import RectifiedDistribution
 from .models import accuracy, teacher_cnn, train_classifier
 
 RADIUS_METHODS = ("mle", "norm")
@@ -49,6 +50,21 @@ class RadiusCheck:
 
 
 @dataclass
+class FamilyCheck:
+    """Real vs sampled activations under one family: GD error (float64), fraction of exact zeros,
+    mean norm, and the teacher's accuracy on the family's samples."""
+
+    family: str
+    gd_error_sampled: float
+    gd_error_real: float
+    zero_fraction_real: float
+    zero_fraction_sampled: float
+    mean_norm_real: float
+    mean_norm_sampled: float
+    sample_accuracy: float
+
+
+@dataclass
 class DemoResult:
     teacher_test_accuracy: float
     teacher_width: int
@@ -56,6 +72,7 @@ class DemoResult:
     real_cosine: list[float]
     mean_real_norm: float
     checks: dict[str, RadiusCheck] = field(default_factory=dict)
+    families: list[FamilyCheck] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
 
@@ -124,6 +141,9 @@ def run_demo(out: Path | str, epochs: int = 20, seed: int = 0, samples_per_class
 
     result.files = _plot(out, real_units, labels, samples["mle"][0], sample_labels, samples["mle"][1],
                          result.checks["mle"].mean_resultant)
+    result.families, rectified_samples = _compare_families(model, activations, labels, sample_labels, seed,
+                                                           result.checks["mle"].radius)
+    result.files.append(_plot_coordinates(out, activations, rectified_samples))
     report = out / "report.md"
     report.write_text(_report(result, epochs, seed, samples_per_class, command))
     result.files.insert(0, report)
@@ -178,6 +198,56 @@ def _plot(out: Path, real_units: Tensor, labels: Tensor, sampled_units: Tensor, 
     return [pca_path, cosine_path]
 
 
+def _compare_families(model, activations: Tensor, labels: Tensor, sample_labels: Tensor, seed: int,
+                      radius: float) -> tuple[list[FamilyCheck], Tensor]:
+    """Both families fitted to the same real activations, side by side (float64)."""
+    real = activations.double()
+    weight, bias = model.fc.weight.detach().double(), model.fc.bias.detach().double()
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0]).double()
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    families = {"sphere (vMF, radius mle)": PenultimateDistribution(weight, bias, radius),
+                "rectified": RectifiedDistribution.fit(linear, real, labels)}
+    checks, rectified_samples = [], None
+    with torch.no_grad():
+        for name, dist in families.items():
+            sampled = dist.sample(sample_labels, seed=seed, offset=0)
+            on_support = real if isinstance(dist, RectifiedDistribution) else radius * real / real.norm(dim=1, keepdim=True)
+            predicted = linear(sampled).argmax(dim=1)
+            checks.append(FamilyCheck(
+                family=name, gd_error_sampled=_gd_error(dist, sampled), gd_error_real=_gd_error(dist, on_support),
+                zero_fraction_real=float((real == 0).double().mean()),
+                zero_fraction_sampled=float((sampled == 0).double().mean()),
+                mean_norm_real=float(real.norm(dim=1).mean()), mean_norm_sampled=float(sampled.norm(dim=1).mean()),
+                sample_accuracy=float((predicted == sample_labels).double().mean())))
+            if isinstance(dist, RectifiedDistribution):
+                rectified_samples = sampled
+    return checks, rectified_samples
+
+
+def _plot_coordinates(out: Path, real: Tensor, sampled: Tensor) -> Path:
+    """Per coordinate: mean and fraction of exact zeros, real vs rectified samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for axis, (title, real_stat, sampled_stat) in zip(axes, [
+            ("mean per coordinate", real.double().mean(dim=0), sampled.mean(dim=0)),
+            ("fraction of exact zeros per coordinate", (real == 0).double().mean(dim=0), (sampled == 0).double().mean(dim=0))]):
+        axis.scatter(real_stat.numpy(), sampled_stat.numpy(), s=8)
+        top = float(max(real_stat.max(), sampled_stat.max()))
+        axis.plot([0, top], [0, top], color="gray", linewidth=1)
+        axis.set(title=title, xlabel="real", ylabel="rectified samples")
+    figure.tight_layout()
+    path = out / "coordinates.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def _report(result: DemoResult, epochs: int, seed: int, samples_per_class: int, command: str | None) -> str:
     mle = result.checks["mle"]
     lines = [
@@ -221,7 +291,20 @@ def _report(result: DemoResult, epochs: int, seed: int, samples_per_class: int, 
         "",
         "![Per-class cosine histograms](cosines.png)",
         "",
+        "## Both families side by side (float64)",
+        "",
+        "The sphere family models directions at the radius r; the rectified family models the raw ReLU "
+        "activations (exact zeros included) and needs no normalization. Both are exact GD pairs.",
+        "",
+        "| family | GD error sampled | GD error real | zeros real | zeros sampled | mean norm real "
+        "| mean norm sampled | teacher accuracy on samples |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    for fam in result.families:
+        lines.append(f"| {fam.family} | {fam.gd_error_sampled:.2e} | {fam.gd_error_real:.2e} "
+                     f"| {fam.zero_fraction_real:.3f} | {fam.zero_fraction_sampled:.3f} | {fam.mean_norm_real:.4g} "
+                     f"| {fam.mean_norm_sampled:.4g} | {100 * fam.sample_accuracy:.2f}% |")
+    lines += ["", "![Per-coordinate mean and sparsity, real vs rectified samples](coordinates.png)", ""]
     return "\n".join(lines)
 
 
@@ -236,6 +319,11 @@ def _print_summary(result: DemoResult) -> None:
     print("class  cosine real  cosine sampled  A_D(kappa)   (radius: mle)")
     for c, (real, sampled, expected) in enumerate(zip(result.real_cosine, mle.sampled_cosine, mle.mean_resultant)):
         print(f"{c:>5}  {real:>11.4f}  {sampled:>14.4f}  {expected:>10.4f}")
+    for fam in result.families:
+        print(f"{fam.family}: GD error sampled {fam.gd_error_sampled:.2e} / real {fam.gd_error_real:.2e}; zeros real "
+              f"{fam.zero_fraction_real:.3f} vs sampled {fam.zero_fraction_sampled:.3f}; mean norm real "
+              f"{fam.mean_norm_real:.4g} vs sampled {fam.mean_norm_sampled:.4g}; teacher accuracy on samples "
+              f"{100 * fam.sample_accuracy:.2f}%")
     print("wrote " + ", ".join(str(path) for path in result.files))
 
 

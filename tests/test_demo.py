@@ -40,14 +40,26 @@ def test_demo_numbers_are_sane(demo_result):
     assert 0.1 < mle.sample_accuracy <= 1.0
 
 
+def test_demo_compares_both_families(demo_result):
+    """Both families are exact GD pairs; the rectified one reproduces the real fraction of exact
+    zeros and the mean norm (its fit matches zero counts and second moments per coordinate)."""
+    _, result = demo_result
+    sphere, rectified = result.families
+    for family in (sphere, rectified):
+        assert family.gd_error_sampled < 1e-12 and family.gd_error_real < 1e-12
+    assert sphere.zero_fraction_sampled == 0 and sphere.zero_fraction_real > 0.05
+    assert abs(rectified.zero_fraction_sampled - rectified.zero_fraction_real) < 0.02
+    assert rectified.mean_norm_sampled == pytest.approx(rectified.mean_norm_real, rel=0.05)
+
+
 def test_demo_writes_report_and_plots(demo_result):
     out, result = demo_result
-    for name in ("report.md", "pca.png", "cosines.png"):
+    for name in ("report.md", "pca.png", "cosines.png", "coordinates.png"):
         path = out / name
         assert path in result.files
         assert path.stat().st_size > 0
     report = (out / "report.md").read_text()
-    assert "GD pair" in report and "pca.png" in report and "cosines.png" in report
+    assert "GD pair" in report and "pca.png" in report and "cosines.png" in report and "coordinates.png" in report
 
 
 def test_cli_parses_demo(tmp_path):
