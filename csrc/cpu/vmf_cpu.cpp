@@ -283,7 +283,7 @@ at::Tensor vmf_log_prob_all_cpu(const at::Tensor& x, const at::Tensor& weight, c
 
 // Elementwise special functions: computed in double whatever the dtype, then rounded once.
 template <typename Fn>
-at::Tensor elementwise_cpu(const at::Tensor& order, const at::Tensor& x, const char* name, Fn fn) {
+at::Tensor elementwise_cpu(const at::Tensor& order, const at::Tensor& x, Fn fn) {
   check_elementwise_args(order, x);
   const at::Tensor xd = x.to(at::kDouble).contiguous();
   const at::Tensor vd = order.to(at::kDouble).contiguous();
@@ -294,22 +294,21 @@ at::Tensor elementwise_cpu(const at::Tensor& order, const at::Tensor& x, const c
   at::parallel_for(0, xd.numel(), 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) out_data[i] = fn(v_data[i], x_data[i]);
   });
-  (void)name;
   return out.to(x.scalar_type());
 }
 
 at::Tensor log_bessel_iv_cpu(const at::Tensor& order, const at::Tensor& x) {
-  return elementwise_cpu(order, x, "log_bessel_iv", [](double v, double z) { return log_bessel_iv(v, z); });
+  return elementwise_cpu(order, x, [](double v, double z) { return log_bessel_iv(v, z); });
 }
 
 at::Tensor bessel_iv_ratio_cpu(const at::Tensor& order, const at::Tensor& x) {
-  return elementwise_cpu(order, x, "bessel_iv_ratio", [](double v, double z) { return bessel_iv_ratio(v, z); });
+  return elementwise_cpu(order, x, [](double v, double z) { return bessel_iv_ratio(v, z); });
 }
 
 at::Tensor vmf_log_normalizer_cpu(const at::Tensor& kappa, int64_t dim) {
   check_log_normalizer_args(kappa, dim);
   const double d = static_cast<double>(dim);
-  return elementwise_cpu(kappa, kappa, "vmf_log_normalizer",
+  return elementwise_cpu(kappa, kappa,
                          [d](double k, double) { return vmf_log_normalizer(d, k); });
 }
 
