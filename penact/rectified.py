@@ -190,6 +190,8 @@ class RectifiedDistribution(ClassConditionalDistribution):
                              f"and device {self.weight.device}, got {tuple(other.weight.shape)}, "
                              f"{other.weight.dtype}, {other.weight.device}")
         for name in ("scale", "zero_mass"):
+            if torch.compiler.is_compiling():  # a data-dependent branch: skipped like check_finite's
+                break
             if not torch.equal(getattr(self, name).detach(), getattr(other, name).detach()):
                 raise ValueError(f"other must have the same {name} (the KL in closed form needs a shared base "
                                  "measure)")

@@ -127,3 +127,174 @@ def test_per_draw_derivatives_are_the_sampler_s_pathwise_derivative(rng):
             assert stable.float().mean() > 0.3
             fd = (plus - minus) / (2 * h)
             torch.testing.assert_close(got[k][stable, j], fd[stable], rtol=1e-6, atol=1e-7)
+
+
+def moment_derivatives(weight, scale, zero_mass):
+    """d E[a^k] / d(w, s, m) for k = 1, 2, [2, 3, D] float64: w and s by central differences of the
+    closed-form moments; m exactly, -E[a^k] / z (E[a^k] = int a^k exp(w a) nu(da) / z, and only z
+    holds m)."""
+    weight, scale, zero_mass = weight.double(), scale.double(), zero_mass.double()
+
+    def moments(w, s):
+        return ops.rectified_coordinate_stats(w, s, zero_mass)[2:4, 0]
+
+    h_w, h_s = 1e-5 / scale, 1e-5 * scale
+    d_w = (moments(weight + h_w, scale) - moments(weight - h_w, scale)) / (2 * h_w)
+    d_s = (moments(weight, scale + h_s) - moments(weight, scale - h_s)) / (2 * h_s)
+    log_z, _, mean, second, _ = ops.rectified_coordinate_stats(weight, scale, zero_mass)[:, 0]
+    d_m = -torch.stack([mean, second]) * torch.exp(-log_z)
+    return torch.stack([d_w, d_s, d_m], dim=1), second - mean * mean
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_monte_carlo_gradients_of_moments(dtype, rng):
+    """d/dtheta E[a_j] and d/dtheta E[a_j^2], theta = w, s, m, in every regime: the mean of the
+    rsample gradients over 1e5 draws (40 calls of 2500 draws) is within 5 standard errors of the
+    closed form (and d/dw E[a] is Var[a], as for any exponential family)."""
+    weight, scale, zero_mass = regime_params(rng, dtype)
+    truth, variance = moment_derivatives(weight, scale, zero_mass)
+    torch.testing.assert_close(truth[0, 0], variance, rtol=1e-7, atol=1e-12)
+    batches, rows, seed = 40, 2500, new_seed(rng)
+    labels = torch.zeros(rows, dtype=torch.long)
+    estimates = []
+    for b in range(batches):
+        leaves = [p.clone().requires_grad_() for p in (weight, scale, zero_mass)]
+        x = ops.rectified_rsample(*leaves, labels, seed, b * rows)
+        per_power = [torch.autograd.grad(f.sum() / rows, leaves, retain_graph=True) for f in (x, x * x)]
+        estimates.append(torch.stack([torch.stack([g.reshape(-1).double() for g in grads]) for grads in per_power]))
+    estimates = torch.stack(estimates)  # [batch, power, parameter, D]
+    mean, standard_error = estimates.mean(dim=0), estimates.std(dim=0) / math.sqrt(batches)
+    # where a draw's gradient hardly varies (t = 30: da/dw = s^2), the rounding of the gradients
+    # to dtype and of the finite differences (~1e-9) bound the agreement instead
+    slack = 5 * standard_error + (1e-6 if dtype == torch.float32 else 1e-8) * truth.abs() + 1e-12
+    bad = (mean - truth).abs() > slack
+    assert not bad.any(), [(p, k, REGIMES[j]) for p, k, j in bad.nonzero().tolist()]
+
+
+# ---------------------------------------------------------------------------------------------
+# The differentiable mean, the entropy and the KL.
+
+
+def random_pair(rng, c=3, d=6):
+    """Two weights [C, D] and a shared scale [D], zero_mass [D] (one coordinate without an atom)."""
+    weight = torch.randn(c, d, generator=rng, dtype=torch.float64) * 1.5
+    other = weight + torch.randn(c, d, generator=rng, dtype=torch.float64)
+    scale = 0.4 + 2 * torch.rand(d, generator=rng, dtype=torch.float64)
+    zero_mass = 0.1 + 2 * torch.rand(d, generator=rng, dtype=torch.float64)
+    zero_mass[0] = 0.0
+    return weight, other, scale, zero_mass
+
+
+def test_mean_gradcheck(rng):
+    weight, _, scale, zero_mass = random_pair(rng)
+    weight[0, :3] = torch.tensor([-30.0, 12.0, 0.0]) / scale[:3]  # far tails and t = 0
+    zero_mass[0] = 0.3  # gradcheck perturbs m both ways
+    leaves = [p.clone().requires_grad_() for p in (weight, scale, zero_mass)]
+    assert torch.autograd.gradcheck(ops.rectified_mean, leaves)
+    dist = RectifiedDistribution(*leaves[:1], None, *leaves[1:])
+    torch.testing.assert_close(dist.mean(), ops.rectified_coordinate_stats(weight, scale, zero_mass)[2], rtol=0, atol=0)
+
+
+def test_kl_closed_form(rng):
+    """KL >= 0, = 0 at equal weights, its gradients (Var[a] (w - w') and E'[a] - E[a]), and
+    gradcheck in both weights and the shared scale and zero mass."""
+    weight, other, scale, zero_mass = random_pair(rng)
+    w, v = weight.clone().requires_grad_(), other.clone().requires_grad_()
+    q, p = RectifiedDistribution(w, None, scale, zero_mass), RectifiedDistribution(v, None, scale, zero_mass)
+    kl = q.kl(p)
+    assert kl.shape == (3,) and (kl > 0).all()
+    assert torch.equal(q.kl(RectifiedDistribution(weight, None, scale, zero_mass)), torch.zeros(3, dtype=torch.float64))
+    grad_w, grad_v = torch.autograd.grad(kl.sum(), (w, v))
+    stats_q = ops.rectified_coordinate_stats(weight, scale, zero_mass)
+    stats_p = ops.rectified_coordinate_stats(other, scale, zero_mass)
+    variance = stats_q[3] - stats_q[2] ** 2
+    torch.testing.assert_close(grad_w, variance * (weight - other), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_v, stats_p[2] - stats_q[2], rtol=1e-10, atol=1e-12)
+    zero_mass = zero_mass + 0.05  # gradcheck perturbs m both ways
+    s, m = scale.clone().requires_grad_(), zero_mass.clone().requires_grad_()
+
+    def kl_of(w, v, s, m):
+        return RectifiedDistribution(w, None, s, m).kl(RectifiedDistribution(v, None, s, m))
+
+    assert torch.autograd.gradcheck(kl_of, (w, v, s, m))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kl_and_entropy_match_monte_carlo(dtype, rng):
+    """KL(q || p) = E_q[log q(a) - log p(a)] (rectified_log_prob: the base measures cancel) and the
+    entropy w.r.t. nu = -E_q[w . a - log Z] (log_prob minus the base measure's log-density), within
+    5 standard errors over 1e5 draws."""
+    weight, other, scale, zero_mass = (t.to(dtype) for t in random_pair(rng))
+    q, p = RectifiedDistribution(weight, None, scale, zero_mass), RectifiedDistribution(other, None, scale, zero_mass)
+    n = 100000
+    labels = torch.arange(n) % 3
+    a = q.sample(labels, seed=new_seed(rng))
+    log_ratio = (q.log_prob(a, labels) - p.log_prob(a, labels)).double()
+    log_nu = (q.log_prob(a, labels) - reference.rectified_base_measure(a, scale, zero_mass)).double()
+    for y in range(3):
+        for closed, draws in ((q.kl(p)[y], log_ratio[labels == y]), (q.entropy()[y], -log_nu[labels == y])):
+            se = float(draws.std()) / math.sqrt(len(draws))
+            assert abs(float(closed) - float(draws.mean())) <= 5 * se + 1e-5 * abs(float(closed)), (y, float(closed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator hygiene, second derivatives, bad input.
+
+
+def test_opcheck_and_compile(rng):
+    weight, other, scale, zero_mass = random_pair(rng)
+    zero_mass = zero_mass + 0.1
+    labels = torch.tensor([0, 2, 1, 2, 0])
+    leaves = [t.clone().requires_grad_() for t in (weight, scale, zero_mass)]
+    penact_ops = torch.ops.penact
+    torch.library.opcheck(penact_ops.rectified_rsample.default, (*leaves, labels, 4, 2))
+    torch.library.opcheck(penact_ops.rectified_mean.default, tuple(leaves))
+    sample = ops.rectified_sample(weight, scale, zero_mass, labels, 4, 2)
+    torch.library.opcheck(penact_ops.rectified_rsample_backward.default,
+                          (torch.randn(5, 6, dtype=torch.float64), sample, weight, scale, zero_mass, labels))
+    torch.library.opcheck(penact_ops.rectified_mean_backward.default,
+                          (torch.randn(3, 6, dtype=torch.float64), weight, scale, zero_mass))
+
+    def loss(w, s, m):
+        q = RectifiedDistribution(w, None, s, m)
+        x = q.rsample(labels, seed=4, offset=2)
+        return (x ** 3).sum() + q.kl(RectifiedDistribution(other, None, s, m)).sum() + q.entropy().sum()
+
+    eager = torch.autograd.grad(loss(*leaves), leaves)
+    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True, backend="aot_eager")(*leaves), leaves)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b)
+
+
+def test_second_derivatives_are_refused(rng):
+    weight, _, scale, zero_mass = random_pair(rng)
+    w = weight.clone().requires_grad_()
+    for value in (ops.rectified_rsample(w, scale, zero_mass, torch.tensor([0, 1, 2]), 3, 0).sum(),
+                  ops.rectified_mean(w, scale, zero_mass).sum()):
+        (grad,) = torch.autograd.grad(value, w, create_graph=True)
+        with pytest.raises(NotImplementedError, match="second derivatives"):
+            grad.sum().backward()
+
+
+def test_bad_input_raises(rng):
+    weight, other, scale, zero_mass = random_pair(rng)
+    w = weight.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 3\)"):
+        ops.rectified_rsample(w, scale, zero_mass, torch.tensor([0, 3]), 1, 0)
+    with pytest.raises(RuntimeError, match="scale must be finite and positive"):
+        ops.rectified_rsample(w, -scale, zero_mass, torch.tensor([0]), 1, 0)
+    with pytest.raises(RuntimeError, match="offset must be non-negative"):
+        ops.rectified_rsample(w, scale, zero_mass, torch.tensor([0]), 1, -1)
+    with pytest.raises(ValueError, match="seed must lie in"):
+        ops.rectified_rsample(w, scale, zero_mass, torch.tensor([0]), 2**64, 0)
+    q = RectifiedDistribution(weight, None, scale, zero_mass)
+    with pytest.raises(ValueError, match="offset needs an explicit seed"):
+        q.rsample(torch.tensor([0]), offset=3)
+    with pytest.raises(ValueError, match="other must have the same scale"):
+        q.kl(RectifiedDistribution(other, None, scale * 1.5, zero_mass))
+    with pytest.raises(ValueError, match="other must have the same zero_mass"):
+        q.kl(RectifiedDistribution(other, None, scale, zero_mass + 1))
+    with pytest.raises(ValueError, match=r"other must have weight of shape \(3, 6\)"):
+        q.kl(RectifiedDistribution(other[:2], None, scale, zero_mass))
+    with pytest.raises(ValueError, match="dtype torch.float64"):
+        q.kl(RectifiedDistribution(other.float(), None, scale, zero_mass))
