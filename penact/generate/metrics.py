@@ -1,0 +1,80 @@
+"""How generated images are judged.
+
+- **Fidelity**: the share of images generated for class ``y`` that a classifier assigns to ``y``,
+  by the teacher and by the *judge*, an independently trained classifier of another architecture
+  (a pixel MLP; the teacher is a CNN). A generator trained through the teacher could fool the
+  teacher alone.
+- **Frechet distance** between Gaussians fitted to the judge's features (its 64-wide hidden
+  layer) of the generated images and of the real test split: ``||m1 - m2||^2 + tr(S1 + S2 -
+  2 (S1^1/2 S2 S1^1/2)^1/2)``, in float64.
+- **Diversity**: per class, the mean pairwise distance between the judge's features of the
+  generated images, divided by the same for the real test images of that class, averaged over
+  classes (1 = as varied as real digits, 0 = one image per class).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+def _symmetric_sqrt(matrix: Tensor) -> Tensor:
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+
+
+def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
+    """The Frechet distance between Gaussians fitted to ``features_a: [N, K]`` and ``features_b:
+    [M, K]`` (means and unbiased covariances), in float64. ``tr((S1 S2)^1/2)`` is computed as
+    ``tr((S1^1/2 S2 S1^1/2)^1/2)``, the square root of a symmetric positive semi-definite matrix."""
+    if features_a.dim() != 2 or features_b.dim() != 2 or features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(f"features must be [N, K] and [M, K], got {tuple(features_a.shape)} and {tuple(features_b.shape)}")
+    if min(features_a.shape[0], features_b.shape[0]) < 2:
+        raise ValueError("each feature set needs at least two rows for a covariance")
+    a, b = features_a.double(), features_b.double()
+    mean_a, mean_b = a.mean(dim=0), b.mean(dim=0)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    root_a = _symmetric_sqrt(cov_a)
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
+    return float((mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def mean_pairwise_distance(features: Tensor) -> float:
+    """The mean Euclidean distance over distinct pairs of rows of ``features: [N, K]`` (N >= 2)."""
+    if features.shape[0] < 2:
+        raise ValueError("mean_pairwise_distance needs at least two rows")
+    distances = torch.cdist(features.double(), features.double())
+    n = features.shape[0]
+    return float(distances.sum() / (n * (n - 1)))
+
+
+@dataclass
+class Scores:
+    teacher_fidelity: float
+    judge_fidelity: float
+    frechet: float
+    diversity: float
+
+
+class Judges:
+    """The teacher and the judge, with the real test split's judge features precomputed."""
+
+    def __init__(self, teacher: nn.Module, judge: nn.Module, test_images: Tensor, test_labels: Tensor):
+        self.teacher, self.judge = teacher.eval(), judge.eval()
+        self.num_classes = int(test_labels.max()) + 1
+        with torch.no_grad():
+            self.real_features = judge.features(test_images)
+        self.real_labels = test_labels
+        self.real_spread = torch.tensor([mean_pairwise_distance(self.real_features[test_labels == c])
+                                         for c in range(self.num_classes)])
+
+    @torch.no_grad()
+    def score(self, images: Tensor, labels: Tensor) -> Scores:
+        """``images [N, 1, 8, 8]`` in ``[0, 1]`` generated for ``labels [N]`` (every class at least twice)."""
+        features = self.judge.features(images)
+        teacher_hits = (self.teacher(images).argmax(dim=1) == labels).double().mean()
+        judge_hits = (self.judge.fc(features).argmax(dim=1) == labels).double().mean()
+        spread = torch.tensor([mean_pairwise_distance(features[labels == c]) for c in range(self.num_classes)])
+        return Scores(float(teacher_hits), float(judge_hits), frechet_distance(features, self.real_features),
+                      float((spread / self.real_spread).mean()))

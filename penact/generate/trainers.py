@@ -1,0 +1,213 @@
+"""Class-conditional VAEs and GANs whose condition is the teacher's penultimate activation, and
+their one-hot baselines, in one training loop.
+
+A model is named ``<kind>-<mode>``: kind ``vae`` or ``gan``; mode
+
+- ``onehot``: the baseline, conditioned on one-hot labels of the training images;
+- ``labelled``: penact, conditioned on activations drawn from the teacher's distribution of the
+  image's label (VAE: that class is the prior, KL in closed form);
+- ``free``: penact without labels; the teacher's reading of an image takes the label's place.
+  The VAE's prior is the teacher's class mixture, with the class as a second latent whose
+  posterior is the teacher's (closed-form KL; or the one-draw Monte Carlo KL to the mixture with
+  ``rsample`` and ``log_marginal``, ``free_kl="mixture"``); the GAN conditions each real image on
+  an activation drawn for a class drawn from the teacher's posterior of it.
+
+Every penact model generates class ``y`` by decoding ``a ~ p(a | y)``, the teacher's distribution.
+The penact GAN adds a consistency term, ``-log p(teacher(G(a)) | y) / D``: the log-density of the
+generated image's own teacher activation under the class it was generated for.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .families import LatentSpace, frozen
+from .networks import Decoder, FeatureEncoder, GaussianEncoder, ProjectionDiscriminator
+
+KINDS = ("vae", "gan")
+MODES = ("onehot", "labelled", "free")
+MODELS = tuple(f"{kind}-{mode}" for kind in KINDS for mode in MODES)
+
+
+@dataclass
+class TrainConfig:
+    vae_steps: int = 3000
+    gan_steps: int = 4000
+    batch_size: int = 64
+    vae_lr: float = 1e-3
+    gan_lr: float = 2e-4
+    latent_size: int = 16      # the one-hot VAE's Gaussian code
+    noise_size: int = 16       # the GAN generator's noise
+    consistency: float = 1.0   # weight of the penact GAN's consistency term
+    kl_warmup: float = 0.5     # the VAE's KL weight rises linearly from 0 to 1 over this share of its steps
+    free_kl: str = "joint"     # the label-free VAE's KL: "joint" or "mixture" (LatentSpace's Posterior.kl)
+
+
+def parse_model(name: str) -> tuple[str, str]:
+    kind, _, mode = name.partition("-")
+    if kind not in KINDS or mode not in MODES:
+        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+    return kind, mode
+
+
+class ConditionalGenerator(nn.Module):
+    """A trained model's sampler: ``generate(labels) -> images [N, 1, 8, 8]`` in ``[0, 1]``."""
+
+    def __init__(self, decoder: Decoder, space: LatentSpace | None, num_classes: int, latent_size: int):
+        super().__init__()
+        self.decoder, self.space = decoder, space
+        self.num_classes, self.latent_size = num_classes, latent_size
+
+    def condition(self, labels: Tensor, generator: torch.Generator) -> Tensor:
+        if self.space is None:
+            return F.one_hot(labels, self.num_classes).float()
+        return self.space.normalize(self.space.prior_sample(labels, generator))
+
+    @torch.no_grad()
+    def generate(self, labels: Tensor, generator: torch.Generator) -> Tensor:
+        latent = torch.randn(labels.shape[0], self.latent_size, generator=generator)
+        return torch.sigmoid(self.decoder(latent, self.condition(labels, generator)))
+
+
+@dataclass
+class TrainResult:
+    generator: ConditionalGenerator
+    seconds: float
+    final_losses: dict
+
+
+def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images: Tensor, labels: Tensor | None,
+                config: TrainConfig, seed: int, progress: bool = True) -> TrainResult:
+    """Trains model ``name`` on ``images [N, 1, 8, 8]`` in ``[0, 1]``.
+
+    ``labels`` are required for the ``onehot`` and ``labelled`` modes and refused for ``free``
+    (so the label-free models provably never see them). ``space`` (the teacher's latent space) is
+    required for the penact modes. Randomness (initialization, batches, draws) follows ``seed``.
+    """
+    kind, mode = parse_model(name)
+    if (mode == "free") != (labels is None):
+        raise ValueError(f"{name}: labels must be {'None' if mode == 'free' else 'given'} in mode {mode!r}")
+    if (mode == "onehot") != (space is None):
+        raise ValueError(f"{name}: space must be {'None' if mode == 'onehot' else 'given'} in mode {mode!r}")
+    if labels is not None and labels.shape != images.shape[:1]:
+        raise ValueError(f"labels must have shape [N] = [{images.shape[0]}], got {tuple(labels.shape)}")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    teacher = frozen(teacher)
+    num_classes = teacher.fc.out_features
+    trainer = (_VAETrainer if kind == "vae" else _GANTrainer)(mode, teacher, space, num_classes, config, generator)
+    steps = config.vae_steps if kind == "vae" else config.gan_steps
+    started = time.perf_counter()
+    bar = tqdm(range(steps), desc=name + (f" ({space.family})" if space else ""), unit="step", disable=not progress,
+               leave=False)
+    losses: dict = {}
+    for step in bar:
+        index = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)
+        losses = trainer.step(images[index], labels[index] if labels is not None else None)
+        if step % 100 == 0:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
+    bar.close()
+    return TrainResult(trainer.sampler(), time.perf_counter() - started, losses)
+
+
+class _VAETrainer:
+    def __init__(self, mode, teacher, space, num_classes, config, generator):
+        self.mode, self.space, self.num_classes, self.generator = mode, space, num_classes, generator
+        if space is None:
+            self.latent_size = config.latent_size
+            self.encoder = GaussianEncoder(config.latent_size, num_classes)
+            self.decoder = Decoder(config.latent_size, num_classes)
+        else:
+            self.latent_size = 0
+            self.encoder = FeatureEncoder(teacher.backbone, space.dim, space.posterior_size)
+            self.decoder = Decoder(0, space.dim)
+        parameters = [p for m in (self.encoder, self.decoder) for p in m.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(parameters, lr=config.vae_lr)
+        self.warmup_steps, self.steps_done = config.kl_warmup * config.vae_steps, 0
+        self.free_kl = config.free_kl
+
+    def step(self, images: Tensor, labels: Tensor | None) -> dict:
+        if self.space is None:
+            condition = F.one_hot(labels, self.num_classes).float()
+            mean, log_var = self.encoder(images, condition)
+            latent = mean + torch.randn(mean.shape, generator=self.generator) * (0.5 * log_var).exp()
+            logits = self.decoder(latent, condition)
+            kl = 0.5 * (mean.square() + log_var.exp() - 1 - log_var).sum(dim=1)
+        else:
+            features, correction = self.encoder(images, self.space.normalize)
+            posterior = self.space.posterior(features, correction)
+            a = posterior.rsample(self.generator)
+            logits = self.decoder(None, self.space.normalize(a))
+            class_posterior = None
+            if labels is None and self.free_kl == "joint":
+                with torch.no_grad():
+                    class_posterior = self.space.distribution.posterior(self.space.embed(features))
+            kl = posterior.kl(a, labels, class_posterior, free_kl=self.free_kl)
+        reconstruction = F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(1).sum(dim=1)
+        kl_weight = min(1.0, self.steps_done / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+        self.steps_done += 1
+        loss = (reconstruction + kl_weight * kl).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"recon": float(reconstruction.detach().mean()), "kl": float(kl.detach().mean())}
+
+    def sampler(self) -> ConditionalGenerator:
+        return ConditionalGenerator(self.decoder.eval(), self.space, self.num_classes, self.latent_size)
+
+
+class _GANTrainer:
+    def __init__(self, mode, teacher, space, num_classes, config, generator):
+        self.mode, self.teacher, self.space, self.generator = mode, teacher, space, generator
+        self.num_classes, self.consistency = num_classes, config.consistency
+        condition_size = num_classes if space is None else space.dim
+        self.noise_size = config.noise_size
+        self.decoder = Decoder(config.noise_size, condition_size)
+        self.discriminator = ProjectionDiscriminator(condition_size)
+        self.g_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.gan_lr, betas=(0.5, 0.999))
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.gan_lr, betas=(0.5, 0.999))
+
+    def _condition(self, labels: Tensor) -> Tensor:
+        if self.space is None:
+            return F.one_hot(labels, self.num_classes).float()
+        return self.space.normalize(self.space.prior_sample(labels, self.generator))
+
+    def step(self, images: Tensor, labels: Tensor | None) -> dict:
+        count = images.shape[0]
+        if labels is None:
+            # Label-free: an image's class is the teacher's reading of it, drawn from its posterior.
+            with torch.no_grad():
+                reading = self.space.distribution.posterior(self.space.embed(self.teacher.features(images)))
+            labels = torch.multinomial(reading, 1, generator=self.generator).squeeze(1)
+        real_condition = self._condition(labels)
+        # Generated images get the batch's classes in another order: the same class frequencies.
+        fake_labels = labels[torch.randperm(count, generator=self.generator)]
+        fake_condition = self._condition(fake_labels)
+        noise = torch.randn(count, self.noise_size, generator=self.generator)
+        fake = torch.sigmoid(self.decoder(noise, fake_condition))
+
+        d_loss = (F.relu(1 - self.discriminator(images, real_condition)).mean()
+                  + F.relu(1 + self.discriminator(fake.detach(), fake_condition)).mean())
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_optimizer.step()
+
+        g_loss = -self.discriminator(fake, fake_condition).mean()
+        losses = {"d": float(d_loss), "g": float(g_loss)}
+        if self.space is not None and self.consistency > 0:
+            activation = self.space.embed(self.teacher.features(fake))
+            consistency = -self.space.log_prior_density(activation, fake_labels).mean() / self.space.dim
+            g_loss = g_loss + self.consistency * consistency
+            losses["consistency"] = float(consistency)
+        self.g_optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.g_optimizer.step()
+        return losses
+
+    def sampler(self) -> ConditionalGenerator:
+        return ConditionalGenerator(self.decoder.eval(), self.space, self.num_classes, self.noise_size)
