@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "demo": "penact.demo",
     "bench": "penact.bench",
     "distill": "penact.distill.cli",
+    "generate": "penact.generate.cli",
 }
 
 

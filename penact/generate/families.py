@@ -11,8 +11,9 @@ penultimate activations (sphere or rectified) and gives:
   Mises-Fisher on the sphere; a rectified distribution with per-row natural parameters and the
   teacher's scale and zero mass), with the closed-form KL to a class of the teacher
   (labelled mode) and its log-density for the Monte Carlo KL to the class mixture (label-free);
-- ``normalize(a)``: the network input, ``a`` scaled so that a typical activation has norm
-  ``sqrt(D)`` (unit-variance coordinates, whatever the radius or scale the teacher fitted).
+- ``normalize(a)``: the network input, the direction of ``a`` scaled to norm ``sqrt(D)`` (unit-size
+  coordinates whatever the radius or scale the teacher fitted; for the rectified family this
+  drops the norm, whose row-to-row spread destabilized the GAN's projection discriminator).
 """
 from __future__ import annotations
 
@@ -37,10 +38,9 @@ class LatentSpace:
     Args:
         distribution: a fitted :class:`PenultimateDistribution` or :class:`RectifiedDistribution`
             (its parameters are detached: the generators never train the teacher).
-        typical_norm: the mean norm of the teacher's real activations in this space.
     """
 
-    def __init__(self, distribution: ClassConditionalDistribution, typical_norm: float):
+    def __init__(self, distribution: ClassConditionalDistribution):
         if isinstance(distribution, PenultimateDistribution):
             self.family = "sphere"
             self.distribution = PenultimateDistribution(distribution.weight.detach(), distribution.bias.detach(),
@@ -54,9 +54,6 @@ class LatentSpace:
         else:
             raise TypeError(f"distribution must be a PenultimateDistribution or a RectifiedDistribution, "
                             f"got {type(distribution).__name__}")
-        if not (math.isfinite(typical_norm) and typical_norm > 0):
-            raise ValueError(f"typical_norm must be a finite positive number, got {typical_norm}")
-        self.input_scale = math.sqrt(distribution.dim) / typical_norm
 
     @property
     def dim(self) -> int:
@@ -67,7 +64,7 @@ class LatentSpace:
         return self.distribution.num_classes
 
     def normalize(self, a: Tensor) -> Tensor:
-        return a * self.input_scale
+        return F.normalize(a, dim=1) * math.sqrt(self.dim)
 
     def embed(self, features: Tensor) -> Tensor:
         """The teacher's activations ``[N, D]`` of real images, on the family's support."""
@@ -208,15 +205,6 @@ class RectifiedPosterior(Posterior):
     def kl_to_class(self, labels: Tensor) -> Tensor:
         prior = self.space.distribution
         return self.dist.kl(RectifiedDistribution(prior.weight[labels], None, prior.scale, prior.zero_mass))
-
-
-def latent_space(distribution: ClassConditionalDistribution, features: Tensor) -> LatentSpace:
-    """The :class:`LatentSpace` of ``distribution``, scaled by the teacher's real ``features [N, D]``."""
-    if isinstance(distribution, PenultimateDistribution):
-        typical_norm = distribution.radius
-    else:
-        typical_norm = float(features.norm(dim=1).mean())
-    return LatentSpace(distribution, typical_norm)
 
 
 def frozen(module: nn.Module) -> nn.Module:

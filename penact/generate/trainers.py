@@ -198,12 +198,12 @@ class _GANTrainer:
         self.d_optimizer.step()
 
         g_loss = -self.discriminator(fake, fake_condition).mean()
-        losses = {"d": float(d_loss), "g": float(g_loss)}
+        losses = {"d": float(d_loss.detach()), "g": float(g_loss.detach())}
         if self.space is not None and self.consistency > 0:
             activation = self.space.embed(self.teacher.features(fake))
             consistency = -self.space.log_prior_density(activation, fake_labels).mean() / self.space.dim
             g_loss = g_loss + self.consistency * consistency
-            losses["consistency"] = float(consistency)
+            losses["consistency"] = float(consistency.detach())
         self.g_optimizer.zero_grad(set_to_none=True)
         g_loss.backward()
         self.g_optimizer.step()
