@@ -48,8 +48,11 @@ class LatentSpace:
             self.posterior_size = distribution.dim + 1  # a direction and a concentration
         elif isinstance(distribution, RectifiedDistribution):
             self.family = "rectified"
-            self.distribution = RectifiedDistribution(distribution.weight.detach(), distribution.bias.detach(),
-                                                      distribution.scale.detach(), distribution.zero_mass.detach())
+            # A unit never zero in the fit data has zero_mass 0, and a generated image's zero there would
+            # have log-density -inf: P(a_j = 0) is floored at about 1e-6 instead (m_j >= 1e-6 s_j).
+            scale = distribution.scale.detach()
+            self.distribution = RectifiedDistribution(distribution.weight.detach(), distribution.bias.detach(), scale,
+                                                      torch.maximum(distribution.zero_mass.detach(), 1e-6 * scale))
             self.posterior_size = distribution.dim  # natural parameters
         else:
             raise TypeError(f"distribution must be a PenultimateDistribution or a RectifiedDistribution, "
@@ -76,6 +79,13 @@ class LatentSpace:
         """``a_i ~ p(a | labels[i])``, ``[N, D]`` (no gradient), seeded from ``generator``."""
         return self.distribution.sample(labels, generator=generator)
 
+    def class_posterior(self, features: Tensor) -> Tensor:
+        """The teacher's class reading ``p(y | x)`` of images with activations ``features [N, D]``: on the
+        family's support this is ``softmax(W x + b)`` at ``x = embed(features)`` (the GD pair), used as
+        such so that it stays finite off the support too."""
+        x = self.embed(features)
+        return torch.softmax(x @ self.distribution.weight.T + self.distribution.bias, dim=1)
+
     def log_prior_density(self, a: Tensor, labels: Tensor | None) -> Tensor:
         """``log p(a | y)`` (labelled) or ``log p(a) = log sum_y p(y) p(a | y)`` (``labels=None``), ``[N]``."""
         if labels is None:
@@ -90,8 +100,10 @@ class LatentSpace:
                              f"[{features.shape[0]}, {self.posterior_size}], got {tuple(correction.shape)}")
         if self.family == "sphere":
             return SpherePosterior(self, F.normalize(features, dim=1) + correction[:, :-1], correction[:, -1])
-        # The natural parameter whose truncated normal is centred at a: a / s^2.
-        return RectifiedPosterior(self, features / self.distribution.scale**2 + correction)
+        # The natural parameter whose truncated normal is centred at a: a / s^2, with t = s w = a / s
+        # capped at 30 (a unit the fit found dead has a tiny scale; an activation there would overflow).
+        scale = self.distribution.scale
+        return RectifiedPosterior(self, (features / scale).clamp(max=30.0) / scale + correction)
 
 
 class Posterior:
