@@ -37,6 +37,15 @@ Dot<Acc> dot_and_sumsq(const W* a, const X* b, int64_t n) {
 }
 
 
+// Asks for a row of mean directions ahead of its use. Rows with distinct directions (one per
+// draw, as VonMisesFisher.rsample makes them) stream N x D values from memory; Wood's step and the
+// Philox normals come first in a row and take long enough to hide that latency.
+template <typename T>
+inline void prefetch_row(const T* row, int64_t dim) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t k = 0; k < dim; k += kLine) __builtin_prefetch(row + k, 0, 3);
+}
+
 // Philox blocks generated per batch: lane loops of this width vectorize across blocks.
 constexpr int kBlocksPerBatch = 16;
 
@@ -97,8 +106,10 @@ struct SampleArgs {
 template <typename T, typename Out>
 PENACT_CPU_DISPATCH void sample_rows(const SampleArgs<T, Out>& args, int64_t begin, int64_t end) {
   std::vector<T> gauss(static_cast<size_t>(args.dim));
+  if (begin < end) prefetch_row(args.mean_direction + args.labels[begin] * args.dim, args.dim);
   for (int64_t i = begin; i < end; ++i) {
     const int64_t y = args.labels[i];
+    if (i + 1 < end) prefetch_row(args.mean_direction + args.labels[i + 1] * args.dim, args.dim);
     sample_row<T, Out>(args.seed, args.offset + static_cast<uint64_t>(i), args.mean_direction + y * args.dim,
                        args.kappa[y], args.radius, args.dim, gauss.data(), args.out + i * args.dim);
   }
