@@ -111,6 +111,62 @@ def test_d3_kappa_gradient_is_the_pathwise_derivative_of_the_sampler(rng):
                                     atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dim", [2, 5, 64, 512])
+def test_fused_backward_matches_its_torch_twin(dim, dtype, rng):
+    """The CPU's fused vmf_rsample_backward against _rsample_backward_composite (torch operators, the
+    CUDA path): a few classes and one class per row, a dense, a repeated (stride 0) and a transposed
+    incoming gradient, each gradient alone; equal up to rounding (both sum the same terms in another
+    order), and bit-identical for one thread and two (rows are summed in order within a class)."""
+    from penact._rsample_ops import _rsample_backward_composite, vmf_rsample_backward
+
+    n, radius = 300, 1.7
+    for classes in (4, n):
+        mu = unit(rng, classes, dim, dtype)
+        kappa = torch.exp(3 * torch.randn(classes, generator=rng, dtype=torch.float64)).to(dtype)
+        labels = torch.randint(0, classes, (n,), generator=rng) if classes < n else torch.randperm(n, generator=rng)
+        x = ops.vmf_sample(mu, kappa, labels, radius, 5, 0)
+        grads = (torch.randn(n, dim, generator=rng, dtype=dtype),
+                 torch.randn(dim, generator=rng, dtype=dtype).expand(n, dim),
+                 torch.randn(dim, n, generator=rng, dtype=dtype).t())
+        for grad in grads:
+            for need in ((True, True), (True, False), (False, True)):
+                got = vmf_rsample_backward(grad, x, mu, kappa, labels, radius, *need)
+                expected = _rsample_backward_composite(grad, x, mu, kappa, labels, radius, *need)
+                for g, e, wanted in zip(got, expected, need):
+                    assert (g is None) == (not wanted)
+                    if wanted:
+                        scale = float(e.abs().max())
+                        torch.testing.assert_close(g, e, rtol=0, atol=64 * torch.finfo(dtype).eps * scale)
+        threads = torch.get_num_threads()
+        try:
+            per_thread_count = []
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                per_thread_count.append(vmf_rsample_backward(grads[0], x, mu, kappa, labels, radius))
+        finally:
+            torch.set_num_threads(threads)
+        for a, b in zip(*per_thread_count):
+            assert torch.equal(a, b)
+
+
+def test_fused_backward_checks_its_arguments(rng):
+    mu, kappa = unit(rng, 3, 4), torch.ones(3, dtype=torch.float64)
+    labels = torch.tensor([0, 2])
+    x = ops.vmf_sample(mu, kappa, labels, 1.0, 1, 0)
+    backward = torch.ops.penact.vmf_rsample_backward.default
+    with pytest.raises(RuntimeError, match="sample and grad must have shape"):
+        backward(x[:, :3], x, mu, kappa, labels, 1.0, True, True)
+    with pytest.raises(RuntimeError, match="must have the dtype of mean_direction"):
+        backward(x.float(), x, mu, kappa, labels, 1.0, True, True)
+    with pytest.raises(RuntimeError, match="kappa must have shape"):
+        backward(x, x, mu, kappa[:2], labels, 1.0, True, True)
+    with pytest.raises(RuntimeError, match="labels must lie in"):
+        backward(x, x, mu, kappa, torch.tensor([0, 3]), 1.0, True, True)
+    with pytest.raises(RuntimeError, match="radius must be"):
+        backward(x, x, mu, kappa, labels, 0.0, True, True)
+
+
 @pytest.mark.parametrize("dim", [2, 3, 16, 512])
 def test_mu_gradient_is_the_derivative_of_the_projection(dim, rng):
     """grad_mu equals autograd of u(mu) = t mu + s normalize(v - (v . mu) mu) with (t, s, v) read
@@ -269,6 +325,11 @@ def test_opcheck_and_compile(rng):
     k = torch.tensor([0.5, 3.0, 50.0], dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 2, 1, 2, 0])
     torch.library.opcheck(torch.ops.penact.vmf_rsample.default, (mu, k, labels, 1.3, 4, 2))
+    x = ops.vmf_sample(mu.detach(), k.detach(), labels, 1.3, 4, 2)
+    grad = torch.randn(5, 6, generator=rng, dtype=torch.float64)
+    for need in ((True, True), (False, True), (True, False)):
+        torch.library.opcheck(torch.ops.penact.vmf_rsample_backward.default,
+                              (grad, x, mu.detach(), k.detach(), labels, 1.3, *need))
 
     def loss(mu, k):
         return (ops.vmf_rsample(mu, k, labels, 1.3, 4, 2) ** 3).sum()
