@@ -56,7 +56,7 @@ def exact_one_minus_t(t, sine):
 
 @pytest.mark.parametrize("dim", DIMS)
 def test_cosine_kappa_grad_matches_mpmath(dim, rng):
-    """Relative error <= 1e-11 (measured: 6e-14) from kappa = 0 to 1e7, in the bulk and far in the tails."""
+    """Relative error <= 1e-11 (measured: 8e-14) from kappa = 0 to 1e7, in the bulk and far in the tails."""
     kappas = KAPPAS + [float(10 ** (14 * torch.rand((), generator=rng, dtype=torch.float64) - 7))]
     worst = 0.0
     for kappa in kappas:
