@@ -105,8 +105,9 @@ def vmf_rsample_backward(grad: Tensor, sample: Tensor, mean_direction: Tensor, k
         grad_kappa = (dt/dkappa) (r grad . mu - t (grad . o) / s^2),
 
     ``dt/dkappa`` from :func:`vmf_cosine_kappa_grad`. On the CPU one fused pass over the rows
-    (``torch.ops.penact.vmf_rsample_backward``); elsewhere :func:`_rsample_backward_composite`, its
-    torch-operator twin. An unrequested gradient is returned as ``None``.
+    (``torch.ops.penact.vmf_rsample_backward``, not differentiable); elsewhere
+    :func:`_rsample_backward_composite`, its torch-operator twin. An unrequested gradient is
+    returned as ``None``.
     """
     if sample.device.type == "cpu":
         grad_mu, grad_kappa = _ops.vmf_rsample_backward.default(grad, sample, mean_direction, kappa, labels,
@@ -150,10 +151,12 @@ def _(grad, sample, mean_direction, kappa, labels, radius, need_mean_direction_g
 
 def _rsample_backward(ctx, grad):
     # x = r u, u = t mu + s v: the gradients of vmf_rsample_backward (module docstring for the method).
+    # Grad mode is on here only for create_graph=True: then the torch operators, whose graph carries
+    # second derivatives in mean_direction (the fused kernel has none).
     mean_direction, kappa, labels, sample = ctx.saved_tensors
     need_mu, need_kappa = ctx.needs_input_grad[:2]
-    grad_mu, grad_kappa = vmf_rsample_backward(grad, sample, mean_direction, kappa, labels, ctx.radius, need_mu,
-                                               need_kappa)
+    backward = _rsample_backward_composite if torch.is_grad_enabled() else vmf_rsample_backward
+    grad_mu, grad_kappa = backward(grad, sample, mean_direction, kappa, labels, ctx.radius, need_mu, need_kappa)
     return grad_mu, grad_kappa, None, None, None, None
 
 
