@@ -144,8 +144,8 @@ def _rsample_backward_composite(grad: Tensor, sample: Tensor, mean_direction: Te
 
 @torch.library.register_fake("penact::vmf_rsample_backward")
 def _(grad, sample, mean_direction, kappa, labels, radius, need_mean_direction_grad, need_kappa_grad):
-    grad_mu = torch.empty_like(mean_direction) if need_mean_direction_grad else mean_direction.new_empty(0)
-    grad_kappa = torch.empty_like(kappa) if need_kappa_grad else kappa.new_empty(0)
+    grad_mu = mean_direction.new_empty(mean_direction.shape) if need_mean_direction_grad else mean_direction.new_empty(0)
+    grad_kappa = kappa.new_empty(kappa.shape) if need_kappa_grad else kappa.new_empty(0)
     return grad_mu, grad_kappa
 
 

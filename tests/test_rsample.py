@@ -121,10 +121,10 @@ def test_fused_backward_matches_its_torch_twin(dim, dtype, rng):
     from penact._rsample_ops import _rsample_backward_composite, vmf_rsample_backward
 
     n, radius = 300, 1.7
-    for classes in (4, n):
+    for classes in (4, n, 2 * n):  # 2 n: classes that no row reaches get zero gradients
         mu = unit(rng, classes, dim, dtype)
         kappa = torch.exp(3 * torch.randn(classes, generator=rng, dtype=torch.float64)).to(dtype)
-        labels = torch.randint(0, classes, (n,), generator=rng) if classes < n else torch.randperm(n, generator=rng)
+        labels = torch.randperm(n, generator=rng) if classes == n else torch.randint(0, classes, (n,), generator=rng)
         x = ops.vmf_sample(mu, kappa, labels, radius, 5, 0)
         grads = (torch.randn(n, dim, generator=rng, dtype=dtype),
                  torch.randn(dim, generator=rng, dtype=dtype).expand(n, dim),
@@ -180,7 +180,7 @@ def test_create_graph_takes_the_differentiable_path(rng):
         torch.autograd.grad(graph[1].sum(), kappa)
 
 
-def test_fused_backward_checks_its_arguments(rng):
+def test_fused_backward_checks_its_arguments_and_empty_input(rng):
     mu, kappa = unit(rng, 3, 4), torch.ones(3, dtype=torch.float64)
     labels = torch.tensor([0, 2])
     x = ops.vmf_sample(mu, kappa, labels, 1.0, 1, 0)
@@ -195,6 +195,9 @@ def test_fused_backward_checks_its_arguments(rng):
         backward(x, x, mu, kappa, torch.tensor([0, 3]), 1.0, True, True)
     with pytest.raises(RuntimeError, match="radius must be"):
         backward(x, x, mu, kappa, labels, 0.0, True, True)
+    empty = x[:0]
+    grad_mu, grad_kappa = backward(empty, empty, mu, kappa, labels[:0], 1.0, True, True)
+    assert torch.equal(grad_mu, torch.zeros_like(mu)) and torch.equal(grad_kappa, torch.zeros_like(kappa))
 
 
 @pytest.mark.parametrize("dim", [2, 3, 16, 512])

@@ -6,8 +6,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
-#include <vector>
 
 #include "../core/vmf_grad.h"
 #include "../ops.h"
@@ -60,7 +60,8 @@ struct RsampleBackwardArgs {
   T* sine2;                   // [N]: s^2
   T* across;                  // [N]: g . o
   double* kappa_rows;         // [N]: each row's term of grad_kappa, or null
-  T* grad_mean_direction;     // [C, D] zero-filled, or null
+  T* grad_mean_direction;     // [C, D] uninitialized (written at a class's first row), or null
+  uint8_t* class_reached;     // [C] zero-filled: whether a row of the class was added
   double* grad_kappa;         // [C] zero-filled, or null
   T radius;
   int64_t grad_row_stride, dim;
@@ -109,7 +110,9 @@ void rsample_backward_kappa_rows(const RsampleBackwardArgs<T>& a, int64_t begin,
   }
 }
 
-// Adds rows [row_begin, row_end) whose class lies in [class_begin, class_end).
+// Adds rows [row_begin, row_end) whose class lies in [class_begin, class_end). A class's first row
+// is written rather than added, which spares a zero-filling pass over grad_mean_direction ([N, D]
+// when every row has its own class, as in VonMisesFisher.rsample).
 template <typename T>
 PENACT_CPU_DISPATCH void rsample_backward_accumulate(const RsampleBackwardArgs<T>& a, int64_t class_begin,
                                                      int64_t class_end, int64_t row_begin, int64_t row_end) {
@@ -123,8 +126,23 @@ PENACT_CPU_DISPATCH void rsample_backward_accumulate(const RsampleBackwardArgs<T
     const T* g = a.grad + i * a.grad_row_stride;
     T* out = a.grad_mean_direction + y * a.dim;
     const T rt = a.radius * a.cosine[i], along = a.along[i];
+    if (a.class_reached[y]) {
 #pragma omp simd
-    for (int64_t k = 0; k < a.dim; ++k) out[k] += rt * g[k] - along * (x[k] - rt * mu[k]);
+      for (int64_t k = 0; k < a.dim; ++k) out[k] += rt * g[k] - along * (x[k] - rt * mu[k]);
+    } else {
+#pragma omp simd
+      for (int64_t k = 0; k < a.dim; ++k) out[k] = rt * g[k] - along * (x[k] - rt * mu[k]);
+      a.class_reached[y] = 1;
+    }
+  }
+}
+
+// Zeroes the gradient rows of the classes in [class_begin, class_end) that no row reached.
+template <typename T>
+void zero_unreached_classes(const RsampleBackwardArgs<T>& a, int64_t class_begin, int64_t class_end) {
+  if (a.grad_mean_direction == nullptr) return;
+  for (int64_t y = class_begin; y < class_end; ++y) {
+    if (!a.class_reached[y]) std::fill_n(a.grad_mean_direction + y * a.dim, a.dim, T(0));
   }
 }
 
@@ -142,9 +160,12 @@ void rsample_backward(const RsampleBackwardArgs<T>& a, int64_t n, int64_t num_cl
       if (one_task) rsample_backward_accumulate(a, 0, num_classes, first, last);
     }
   });
-  if (!one_task) {
+  if (one_task) {
+    zero_unreached_classes(a, 0, num_classes);
+  } else {
     at::parallel_for(0, num_classes, 1, [&](int64_t begin, int64_t end) {
       rsample_backward_accumulate(a, begin, end, 0, n);
+      zero_unreached_classes(a, begin, end);
     });
   }
 }
@@ -160,10 +181,13 @@ std::tuple<at::Tensor, at::Tensor> vmf_rsample_backward_cpu(const at::Tensor& gr
   const bool rows_in_place = grad.size(0) > 0 && grad.stride(1) == 1 && (grad.stride(0) == 0 || grad.is_contiguous());
   const at::Tensor g = rows_in_place ? grad : grad.contiguous();
   const int64_t n = x.size(0), dim = x.size(1), num_classes = mu.size(0);
-  at::Tensor grad_mu = need_mean_direction_grad ? at::zeros_like(mu) : at::empty({0}, mu.options());
+  at::Tensor grad_mu = need_mean_direction_grad ? at::empty({num_classes, dim}, mu.options())
+                                                : at::empty({0}, mu.options());
   at::Tensor grad_kappa_sum = at::zeros({need_kappa_grad ? num_classes : 0}, kap.options().dtype(at::kDouble));
+  if (n == 0) grad_mu.zero_();
   if (n > 0 && (need_mean_direction_grad || need_kappa_grad)) {
     at::Tensor per_row = at::empty({4, n}, mu.options());
+    at::Tensor class_reached = at::zeros({num_classes}, mu.options().dtype(at::kByte));
     at::Tensor kappa_rows = at::empty({need_kappa_grad ? n : 0}, kap.options().dtype(at::kDouble));
     AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "vmf_rsample_backward_cpu", [&] {
       scalar_t* scalars = per_row.data_ptr<scalar_t>();
@@ -171,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor> vmf_rsample_backward_cpu(const at::Tensor& gr
           g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(), kap.data_ptr<scalar_t>(),
           lab.data_ptr<int64_t>(), scalars, scalars + n, scalars + 2 * n, scalars + 3 * n,
           need_kappa_grad ? kappa_rows.data_ptr<double>() : nullptr,
-          need_mean_direction_grad ? grad_mu.data_ptr<scalar_t>() : nullptr,
+          need_mean_direction_grad ? grad_mu.data_ptr<scalar_t>() : nullptr, class_reached.data_ptr<uint8_t>(),
           need_kappa_grad ? grad_kappa_sum.data_ptr<double>() : nullptr, static_cast<scalar_t>(radius),
           g.stride(0), dim};
       rsample_backward(args, n, num_classes);
