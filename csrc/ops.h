@@ -33,6 +33,12 @@ bool can_check_values(const at::Tensor& t);
 void check_cosine_kappa_grad_args(const at::Tensor& t, const at::Tensor& sine, const at::Tensor& kappa,
                                   int64_t dim);
 
+// The backward of vmf_rsample (rsample_ops.cpp): grad and sample: [N, D] (grad may repeat one row,
+// stride 0), mean_direction: [C, D] float32 or float64, kappa: [C], labels: [N], all in
+// mean_direction's dtype and on its device; radius > 0.
+void check_rsample_backward_args(const at::Tensor& grad, const at::Tensor& sample, const at::Tensor& mean_direction,
+                                 const at::Tensor& kappa, const at::Tensor& labels, double radius);
+
 // Labels as contiguous int64, after checking their range against num_classes.
 at::Tensor checked_labels(const at::Tensor& labels, int64_t num_classes);
 

@@ -234,6 +234,6 @@ torch.library.register_autograd("penact::vmf_log_prob_all", _log_prob_all_backwa
 
 # Differentiable sampling (csrc/rsample_ops.cpp): wrappers, fake kernels and backward live in
 # _rsample_ops, beside this module's; re-exported so that penact.ops holds every operator.
-from ._rsample_ops import vmf_cosine_kappa_grad, vmf_rsample  # noqa: E402
+from ._rsample_ops import vmf_cosine_kappa_grad, vmf_rsample, vmf_rsample_backward  # noqa: E402
 
-__all__ += ["vmf_cosine_kappa_grad", "vmf_rsample"]
+__all__ += ["vmf_cosine_kappa_grad", "vmf_rsample", "vmf_rsample_backward"]

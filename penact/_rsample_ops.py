@@ -1,6 +1,7 @@
 """Differentiable sampling of the sphere family (SPEC section 3, "Gradients of samples"): typed
-wrappers over ``torch.ops.penact.vmf_cosine_kappa_grad`` and ``torch.ops.penact.vmf_rsample``
-(schemas in ``csrc/rsample_ops.cpp``), their fake kernels and the backward of ``vmf_rsample``.
+wrappers over ``torch.ops.penact.vmf_cosine_kappa_grad``, ``torch.ops.penact.vmf_rsample`` and
+``torch.ops.penact.vmf_rsample_backward`` (schemas in ``csrc/rsample_ops.cpp``), their fake kernels
+and the backward of ``vmf_rsample``.
 
 The method. A draw is ``u = t mu + sqrt(1 - t^2) v``, with the cosine ``t`` from Wood's step and
 ``v`` a unit vector orthogonal to ``mu``. The forward is the fused sampler, unchanged. The
@@ -34,7 +35,7 @@ from ._ops import _as_int64
 
 _ops = torch.ops.penact
 
-__all__ = ["vmf_cosine_kappa_grad", "vmf_rsample"]
+__all__ = ["vmf_cosine_kappa_grad", "vmf_rsample", "vmf_rsample_backward"]
 
 
 def vmf_cosine_kappa_grad(dim: int, kappa: Tensor, t: Tensor, sine: Tensor) -> Tensor:
@@ -92,31 +93,70 @@ def _row_dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
-def _rsample_backward(ctx, grad):
-    # x = r u, u = t mu + s v, with r s v = x - r t mu recovered from the draw (module docstring).
-    # With G = r grad the gradient with respect to u:
-    #   grad_mu_i = t G - (G . mu) s v = r t grad - (grad . mu) (r s v),
-    #   grad_kappa_i = (dt/dkappa) (G . mu - t (G . s v) / s^2),
-    # summed over the rows of each class. Memory-bound: a handful of passes over [N, D].
-    mean_direction, kappa, labels, sample = ctx.saved_tensors
-    need_mu, need_kappa = ctx.needs_input_grad[:2]
-    radius = ctx.radius
+def vmf_rsample_backward(grad: Tensor, sample: Tensor, mean_direction: Tensor, kappa: Tensor, labels: Tensor,
+                         radius: float, need_mean_direction_grad: bool = True,
+                         need_kappa_grad: bool = True) -> tuple[Tensor | None, Tensor | None]:
+    r"""The gradients of :func:`vmf_rsample` for ``mean_direction: [C, D]`` and ``kappa: [C]``, given
+    the draw ``sample: [N, D]``, its ``labels: [N]`` and the incoming ``grad: [N, D]``. With
+    ``x = r u = r t mu + r s v`` (so ``t = x . mu / r`` and ``o = x - r t mu = r s v``), summed over
+    the rows of each class:
+
+        grad_mu    = r t grad - (grad . mu) o,
+        grad_kappa = (dt/dkappa) (r grad . mu - t (grad . o) / s^2),
+
+    ``dt/dkappa`` from :func:`vmf_cosine_kappa_grad`. On the CPU one fused pass over the rows
+    (``torch.ops.penact.vmf_rsample_backward``, not differentiable); elsewhere
+    :func:`_rsample_backward_composite`, its torch-operator twin. An unrequested gradient is
+    returned as ``None``.
+    """
+    if sample.device.type == "cpu":
+        grad_mu, grad_kappa = _ops.vmf_rsample_backward.default(grad, sample, mean_direction, kappa, labels,
+                                                                float(radius), need_mean_direction_grad,
+                                                                need_kappa_grad)
+        return (grad_mu if need_mean_direction_grad else None, grad_kappa if need_kappa_grad else None)
+    return _rsample_backward_composite(grad, sample, mean_direction, kappa, labels, radius,
+                                       need_mean_direction_grad, need_kappa_grad)
+
+
+def _rsample_backward_composite(grad: Tensor, sample: Tensor, mean_direction: Tensor, kappa: Tensor,
+                                labels: Tensor, radius: float, need_mean_direction_grad: bool,
+                                need_kappa_grad: bool) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`vmf_rsample_backward` in torch operators: the CUDA path and the CPU kernel's test oracle.
+    Memory-bound: a handful of passes over ``[N, D]``."""
     labels = labels.long()
     mu = mean_direction.index_select(0, labels)
     t = _row_dot(sample, mu) / radius
-    orthogonal = torch.addcmul(sample, mu, (-radius * t).unsqueeze(1))  # r s v
+    orthogonal = torch.addcmul(sample, mu, (-radius * t).unsqueeze(1))  # o = r s v
     along = _row_dot(grad, mu)  # grad . mu
     grad_mu = grad_kappa = None
-    if need_kappa:
+    if need_kappa_grad:
         sine2 = _row_dot(orthogonal, orthogonal) / radius**2
-        across = _row_dot(grad, orthogonal)  # G . s v
+        across = _row_dot(grad, orthogonal)  # grad . o
         dt_dkappa = vmf_cosine_kappa_grad(mean_direction.shape[1], kappa.index_select(0, labels), t, sine2.sqrt())
         # s = 0 only at t = +-1 (probability zero), where dt/dkappa = 0 as well.
         rows = dt_dkappa * (radius * along - t * across / sine2.clamp_min(torch.finfo(sine2.dtype).tiny))
         grad_kappa = torch.zeros_like(kappa).index_add_(0, labels, rows)
-    if need_mu:
+    if need_mean_direction_grad:
         rows = orthogonal.mul_(-along.unsqueeze(1)).addcmul_(grad, (radius * t).unsqueeze(1))
         grad_mu = torch.zeros_like(mean_direction).index_add_(0, labels, rows)
+    return grad_mu, grad_kappa
+
+
+@torch.library.register_fake("penact::vmf_rsample_backward")
+def _(grad, sample, mean_direction, kappa, labels, radius, need_mean_direction_grad, need_kappa_grad):
+    grad_mu = mean_direction.new_empty(mean_direction.shape) if need_mean_direction_grad else mean_direction.new_empty(0)
+    grad_kappa = kappa.new_empty(kappa.shape) if need_kappa_grad else kappa.new_empty(0)
+    return grad_mu, grad_kappa
+
+
+def _rsample_backward(ctx, grad):
+    # x = r u, u = t mu + s v: the gradients of vmf_rsample_backward (module docstring for the method).
+    # Grad mode is on here only for create_graph=True: then the torch operators, whose graph carries
+    # second derivatives in mean_direction (the fused kernel has none).
+    mean_direction, kappa, labels, sample = ctx.saved_tensors
+    need_mu, need_kappa = ctx.needs_input_grad[:2]
+    backward = _rsample_backward_composite if torch.is_grad_enabled() else vmf_rsample_backward
+    grad_mu, grad_kappa = backward(grad, sample, mean_direction, kappa, labels, ctx.radius, need_mu, need_kappa)
     return grad_mu, grad_kappa, None, None, None, None
 
 

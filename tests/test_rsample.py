@@ -56,7 +56,7 @@ def exact_one_minus_t(t, sine):
 
 @pytest.mark.parametrize("dim", DIMS)
 def test_cosine_kappa_grad_matches_mpmath(dim, rng):
-    """Relative error <= 1e-11 (measured: 6e-14) from kappa = 0 to 1e7, in the bulk and far in the tails."""
+    """Relative error <= 1e-11 (measured: 8e-14) from kappa = 0 to 1e7, in the bulk and far in the tails."""
     kappas = KAPPAS + [float(10 ** (14 * torch.rand((), generator=rng, dtype=torch.float64) - 7))]
     worst = 0.0
     for kappa in kappas:
@@ -109,6 +109,95 @@ def test_d3_kappa_gradient_is_the_pathwise_derivative_of_the_sampler(rng):
     seed = int(torch.randint(0, 2**62, (), generator=rng))
     assert torch.autograd.gradcheck(lambda k: ops.vmf_rsample(mu, k, labels, 1.7, seed, 5), (kappa,), eps=1e-7,
                                     atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dim", [2, 5, 64, 512])
+def test_fused_backward_matches_its_torch_twin(dim, dtype, rng):
+    """The CPU's fused vmf_rsample_backward against _rsample_backward_composite (torch operators, the
+    CUDA path): a few classes and one class per row, a dense, a repeated (stride 0) and a transposed
+    incoming gradient, each gradient alone; equal up to rounding (both sum the same terms in another
+    order), and bit-identical for one thread and two (rows are summed in order within a class)."""
+    from penact._rsample_ops import _rsample_backward_composite, vmf_rsample_backward
+
+    n, radius = 300, 1.7
+    for classes in (4, n, 2 * n):  # 2 n: classes that no row reaches get zero gradients
+        mu = unit(rng, classes, dim, dtype)
+        kappa = torch.exp(3 * torch.randn(classes, generator=rng, dtype=torch.float64)).to(dtype)
+        labels = torch.randperm(n, generator=rng) if classes == n else torch.randint(0, classes, (n,), generator=rng)
+        x = ops.vmf_sample(mu, kappa, labels, radius, 5, 0)
+        grads = (torch.randn(n, dim, generator=rng, dtype=dtype),
+                 torch.randn(dim, generator=rng, dtype=dtype).expand(n, dim),
+                 torch.randn(dim, n, generator=rng, dtype=dtype).t())
+        for grad in grads:
+            for need in ((True, True), (True, False), (False, True)):
+                got = vmf_rsample_backward(grad, x, mu, kappa, labels, radius, *need)
+                expected = _rsample_backward_composite(grad, x, mu, kappa, labels, radius, *need)
+                exact = _rsample_backward_composite(grad.double(), x.double(), mu.double(), kappa.double(), labels,
+                                                    radius, *need)
+                for g, e, reference, wanted in zip(got, expected, exact, need):
+                    assert (g is None) == (not wanted)
+                    if not wanted:
+                        continue
+                    scale = float(reference.abs().max())
+                    if dtype == torch.float64:
+                        # rounding of the sums, plus dt/dkappa's quadrature error (~1e-13): inputs that
+                        # differ in the last bit may take another split of the panels
+                        torch.testing.assert_close(g, e, rtol=0, atol=(64 * torch.finfo(dtype).eps + 1e-12) * scale)
+                    else:
+                        # within twice the twin's own float32 error against the float64 computation,
+                        # or a few float32 roundings of the largest entry (either may round luckily)
+                        twin_error = float((e.double() - reference).abs().max())
+                        error = float((g.double() - reference).abs().max())
+                        assert error <= 2 * twin_error + 4 * torch.finfo(dtype).eps * scale
+        threads = torch.get_num_threads()
+        try:
+            per_thread_count = []
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                per_thread_count.append(vmf_rsample_backward(grads[0], x, mu, kappa, labels, radius))
+        finally:
+            torch.set_num_threads(threads)
+        for a, b in zip(*per_thread_count):
+            assert torch.equal(a, b)
+
+
+def test_create_graph_takes_the_differentiable_path(rng):
+    """With create_graph=True the backward runs on torch operators: the same first derivatives as
+    the fused kernel, second derivatives in mu, and the refusal of those through kappa."""
+    mu = unit(rng, 3, 6).requires_grad_()
+    kappa = torch.tensor([0.5, 3.0, 50.0], dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 2, 1, 2, 0])
+    weight = torch.randn(5, 6, generator=rng, dtype=torch.float64)
+    x = ops.vmf_rsample(mu, kappa, labels, 1.3, 4, 2)
+    fused = torch.autograd.grad((x * weight).sum(), (mu, kappa), retain_graph=True)
+    graph = torch.autograd.grad((x * weight).sum(), (mu, kappa), create_graph=True)
+    for a, b in zip(fused, graph):
+        torch.testing.assert_close(a, b, rtol=0, atol=64 * torch.finfo(a.dtype).eps * float(b.detach().abs().max()))
+    (second,) = torch.autograd.grad(graph[0].square().sum(), mu, retain_graph=True)
+    assert torch.isfinite(second).all() and second.abs().max() > 0
+    with pytest.raises(NotImplementedError, match="second derivatives"):
+        torch.autograd.grad(graph[1].sum(), kappa)
+
+
+def test_fused_backward_checks_its_arguments_and_empty_input(rng):
+    mu, kappa = unit(rng, 3, 4), torch.ones(3, dtype=torch.float64)
+    labels = torch.tensor([0, 2])
+    x = ops.vmf_sample(mu, kappa, labels, 1.0, 1, 0)
+    backward = torch.ops.penact.vmf_rsample_backward.default
+    with pytest.raises(RuntimeError, match="sample and grad must have shape"):
+        backward(x[:, :3], x, mu, kappa, labels, 1.0, True, True)
+    with pytest.raises(RuntimeError, match="must have the dtype of mean_direction"):
+        backward(x.float(), x, mu, kappa, labels, 1.0, True, True)
+    with pytest.raises(RuntimeError, match="kappa must have shape"):
+        backward(x, x, mu, kappa[:2], labels, 1.0, True, True)
+    with pytest.raises(RuntimeError, match="labels must lie in"):
+        backward(x, x, mu, kappa, torch.tensor([0, 3]), 1.0, True, True)
+    with pytest.raises(RuntimeError, match="radius must be"):
+        backward(x, x, mu, kappa, labels, 0.0, True, True)
+    empty = x[:0]
+    grad_mu, grad_kappa = backward(empty, empty, mu, kappa, labels[:0], 1.0, True, True)
+    assert torch.equal(grad_mu, torch.zeros_like(mu)) and torch.equal(grad_kappa, torch.zeros_like(kappa))
 
 
 @pytest.mark.parametrize("dim", [2, 3, 16, 512])
@@ -269,6 +358,11 @@ def test_opcheck_and_compile(rng):
     k = torch.tensor([0.5, 3.0, 50.0], dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 2, 1, 2, 0])
     torch.library.opcheck(torch.ops.penact.vmf_rsample.default, (mu, k, labels, 1.3, 4, 2))
+    x = ops.vmf_sample(mu.detach(), k.detach(), labels, 1.3, 4, 2)
+    grad = torch.randn(5, 6, generator=rng, dtype=torch.float64)
+    for need in ((True, True), (False, True), (True, False)):
+        torch.library.opcheck(torch.ops.penact.vmf_rsample_backward.default,
+                              (grad, x, mu.detach(), k.detach(), labels, 1.3, *need))
 
     def loss(mu, k):
         return (ops.vmf_rsample(mu, k, labels, 1.3, 4, 2) ** 3).sum()

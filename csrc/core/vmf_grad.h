@@ -24,10 +24,11 @@
 // a polynomial, so the integrand is smooth (D = 2's integrable singularity at t = +-1 disappears).
 // The range is cut where phi has fallen kDrop below its maximum (found from the mode, tangent
 // bounds and Newton steps on the concave phi; the cut is never short of the true point), and the
-// rest is global adaptive Gauss-Kronrod (10-21) on delta, bisecting the panel with the largest
-// error until the summed |K21 - G10| is below kRelTol of the integral. For draws from D = 2 to
-// 65536 and kappa = 0 to 1e7 that takes 1 to 3.6 panels on average (21 to 76 integrand values,
-// one log and one exp each), and the result is within 6e-14 of 40-digit quadrature.
+// rest is global adaptive Gauss-Kronrod (10-21) on delta, starting from two halves and bisecting
+// the panel with the largest error until the summed |K21 - G10| is below kRelTol of the integral.
+// For draws from D = 2 to 65536 and kappa = 1e-7 to 1e7 that takes 2 to 3.9 panel evaluations on
+// average (42 to 82 integrand values, one log and one exp each), and the result is within 8e-14 of
+// 40-digit quadrature.
 #pragma once
 
 #include "special.h"
@@ -201,10 +202,17 @@ PENACT_HD double integrate_cosine_tail(CosineTail& tail) {
   // delta_end = 1 - sqrt(1 - h_end/H), with both it and its complement free of cancellation.
   const double one_minus_end = sqrt(fmax(H - h_end, 0.0) / H);
   const double ratio = h_end / H;
+  const double delta_end = ratio / (1.0 + one_minus_end);
+  // Start from two halves: a single panel over the whole range nearly always fails the test and
+  // is bisected, so its 21 integrand values were mostly thrown away (draws at D = 64, kappa = 50
+  // to 500: 4.8 panel evaluations per call from one panel, 3.8 from two halves).
+  const double middle = 0.5 * delta_end;
   Panel panels[kMaxPanels];
-  panels[0] = {0.0, ratio / (1.0 + one_minus_end), one_minus_end, 0.0, 0.0};
+  panels[0] = {0.0, middle, one_minus_end + middle, 0.0, 0.0};
+  panels[1] = {middle, delta_end, one_minus_end, 0.0, 0.0};
   integrate_panel(tail, panels[0]);
-  int count = 1;
+  integrate_panel(tail, panels[1]);
+  int count = 2;
   for (;;) {
     double value = 0.0, error = 0.0;
     int worst = 0;

@@ -37,6 +37,20 @@ Dot<Acc> dot_and_sumsq(const W* a, const X* b, int64_t n) {
 }
 
 
+// Rows with distinct mean directions (one per draw, as VonMisesFisher.rsample makes them) stream
+// N x D values from memory, which the hardware prefetcher does not fetch across 4 KiB pages: the
+// row loop asks for the direction of the row kPrefetchBytes ahead. Measured on 2 shared cores,
+// one thread, caches flushed before each call, N = 1e4, D = 512: the row kernel took 1.13-1.24x the
+// labelled kernel's time (100 classes) without prefetching, 1.1-1.25x one row ahead, 1.04-1.10x
+// 16 KiB ahead; at N = 1e5 about 1.1x with or without (the noise of those runs is +-0.05).
+constexpr int64_t kPrefetchBytes = 16384;
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t dim) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t k = 0; k < dim; k += kLine) __builtin_prefetch(row + k, 0, 3);
+}
+
 // Philox blocks generated per batch: lane loops of this width vectorize across blocks.
 constexpr int kBlocksPerBatch = 16;
 
@@ -97,8 +111,13 @@ struct SampleArgs {
 template <typename T, typename Out>
 PENACT_CPU_DISPATCH void sample_rows(const SampleArgs<T, Out>& args, int64_t begin, int64_t end) {
   std::vector<T> gauss(static_cast<size_t>(args.dim));
+  const int64_t ahead = std::max<int64_t>(1, kPrefetchBytes / (args.dim * static_cast<int64_t>(sizeof(T))));
+  for (int64_t i = begin; i < std::min(end, begin + ahead); ++i) {
+    prefetch_row(args.mean_direction + args.labels[i] * args.dim, args.dim);
+  }
   for (int64_t i = begin; i < end; ++i) {
     const int64_t y = args.labels[i];
+    if (i + ahead < end) prefetch_row(args.mean_direction + args.labels[i + ahead] * args.dim, args.dim);
     sample_row<T, Out>(args.seed, args.offset + static_cast<uint64_t>(i), args.mean_direction + y * args.dim,
                        args.kappa[y], args.radius, args.dim, gauss.data(), args.out + i * args.dim);
   }
