@@ -79,12 +79,12 @@ class LatentSpace:
         """``a_i ~ p(a | labels[i])``, ``[N, D]`` (no gradient), seeded from ``generator``."""
         return self.distribution.sample(labels, generator=generator)
 
-    def class_posterior(self, features: Tensor) -> Tensor:
-        """The teacher's class reading ``p(y | x)`` of images with activations ``features [N, D]``: on the
-        family's support this is ``softmax(W x + b)`` at ``x = embed(features)`` (the GD pair), used as
-        such so that it stays finite off the support too."""
+    def class_log_posterior(self, features: Tensor) -> Tensor:
+        """The teacher's class reading ``log p(y | x)``, ``[N, C]``, of images with activations ``features
+        [N, D]``: on the family's support ``log_softmax(W x + b)`` at ``x = embed(features)`` (the GD
+        pair), used as such so that it stays finite off the support too."""
         x = self.embed(features)
-        return torch.softmax(x @ self.distribution.weight.T + self.distribution.bias, dim=1)
+        return torch.log_softmax(x @ self.distribution.weight.T + self.distribution.bias, dim=1)
 
     def log_prior_density(self, a: Tensor, labels: Tensor | None) -> Tensor:
         """``log p(a | y)`` (labelled) or ``log p(a) = log sum_y p(y) p(a | y)`` (``labels=None``), ``[N]``."""

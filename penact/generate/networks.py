@@ -45,8 +45,7 @@ class GaussianEncoder(nn.Module):
         self.net = _mlp([pixels + condition_size, HIDDEN, HIDDEN, 2 * latent_size])
 
     def forward(self, images: Tensor, condition: Tensor) -> tuple[Tensor, Tensor]:
-        mean, log_var = self.net(torch.cat([images.flatten(1), condition], dim=1)).chunk(2, dim=1)
-        return mean, log_var.clamp(-12.0, 8.0)
+        return self.net(torch.cat([images.flatten(1), condition], dim=1)).chunk(2, dim=1)
 
 
 class FeatureEncoder(nn.Module):

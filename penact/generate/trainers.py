@@ -13,8 +13,11 @@ A model is named ``<kind>-<mode>``: kind ``vae`` or ``gan``; mode
   an activation drawn for a class drawn from the teacher's posterior of it.
 
 Every penact model generates class ``y`` by decoding ``a ~ p(a | y)``, the teacher's distribution.
-The penact GAN adds a consistency term, ``-log p(teacher(G(a)) | y) / D``: the log-density of the
-generated image's own teacher activation under the class it was generated for.
+Every VAE also has a Gaussian style code (``N(0, I)`` prior), so that the penact VAEs differ from
+the one-hot baseline only in their condition: a posterior in the teacher's space, not a label.
+The penact GAN adds a consistency term, ``-log p(y | teacher(G(a)))``: by the GD pair
+``log p(a | y) + log p(y) - log p(a)``, the log-density of the generated image's own teacher
+activation under the class it was generated for, relative to the class mixture.
 """
 from __future__ import annotations
 
@@ -42,9 +45,9 @@ class TrainConfig:
     vae_lr: float = 1e-3
     gan_lr: float = 2e-4       # the generator's; the discriminator learns 4x slower (it overpowered
     discriminator_lr: float = 5e-5  # the generator at equal rates with rectified conditions: 75% vs 86% fidelity)
-    latent_size: int = 16      # the one-hot VAE's Gaussian code
+    latent_size: int = 16      # every VAE's Gaussian style code, beside its condition
     noise_size: int = 16       # the GAN generator's noise
-    consistency: float = 20.0  # weight of the penact GAN's consistency term (1: 74% judge fidelity, sphere)
+    consistency: float = 5.0   # weight of the penact GAN's consistency term
     kl_warmup: float = 0.5     # the VAE's KL weight rises linearly from 0 to 1 over this share of its steps
     free_kl: str = "joint"     # the label-free VAE's KL: "joint" or "mixture" (LatentSpace's Posterior.kl)
 
@@ -120,35 +123,41 @@ class _VAETrainer:
     def __init__(self, mode, teacher, space, num_classes, config, generator):
         self.mode, self.space, self.num_classes, self.generator = mode, space, num_classes, generator
         if space is None:
-            self.latent_size = config.latent_size
             self.encoder = GaussianEncoder(config.latent_size, num_classes)
             self.decoder = Decoder(config.latent_size, num_classes)
         else:
-            self.latent_size = 0
-            self.encoder = FeatureEncoder(teacher.backbone, space.dim, space.posterior_size)
-            self.decoder = Decoder(0, space.dim)
+            self.encoder = FeatureEncoder(teacher.backbone, space.dim, space.posterior_size + 2 * config.latent_size)
+            self.decoder = Decoder(config.latent_size, space.dim)
+        self.latent_size = config.latent_size
         parameters = [p for m in (self.encoder, self.decoder) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=config.vae_lr)
         self.warmup_steps, self.steps_done = config.kl_warmup * config.vae_steps, 0
         self.free_kl = config.free_kl
 
+    def _gaussian(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
+        """A draw of the style code and its KL to N(0, I), ``[N]``."""
+        log_var = log_var.clamp(-12.0, 8.0)
+        latent = mean + torch.randn(mean.shape, generator=self.generator) * (0.5 * log_var).exp()
+        return latent, 0.5 * (mean.square() + log_var.exp() - 1 - log_var).sum(dim=1)
+
     def step(self, images: Tensor, labels: Tensor | None) -> dict:
         if self.space is None:
             condition = F.one_hot(labels, self.num_classes).float()
-            mean, log_var = self.encoder(images, condition)
-            latent = mean + torch.randn(mean.shape, generator=self.generator) * (0.5 * log_var).exp()
+            latent, kl = self._gaussian(*self.encoder(images, condition))
             logits = self.decoder(latent, condition)
-            kl = 0.5 * (mean.square() + log_var.exp() - 1 - log_var).sum(dim=1)
         else:
-            features, correction = self.encoder(images, self.space.normalize)
+            features, outputs = self.encoder(images, self.space.normalize)
+            correction, mean, log_var = outputs.split([self.space.posterior_size, self.latent_size,
+                                                       self.latent_size], dim=1)
             posterior = self.space.posterior(features, correction)
             a = posterior.rsample(self.generator)
-            logits = self.decoder(None, self.space.normalize(a))
+            latent, kl = self._gaussian(mean, log_var)
+            logits = self.decoder(latent, self.space.normalize(a))
             class_posterior = None
             if labels is None and self.free_kl == "joint":
                 with torch.no_grad():
-                    class_posterior = self.space.class_posterior(features)
-            kl = posterior.kl(a, labels, class_posterior, free_kl=self.free_kl)
+                    class_posterior = self.space.class_log_posterior(features).exp()
+            kl = kl + posterior.kl(a, labels, class_posterior, free_kl=self.free_kl)
         reconstruction = F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(1).sum(dim=1)
         kl_weight = min(1.0, self.steps_done / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         self.steps_done += 1
@@ -184,7 +193,7 @@ class _GANTrainer:
         if labels is None:
             # Label-free: an image's class is the teacher's reading of it, drawn from its posterior.
             with torch.no_grad():
-                reading = self.space.class_posterior(self.teacher.features(images))
+                reading = self.space.class_log_posterior(self.teacher.features(images)).exp()
             labels = torch.multinomial(reading, 1, generator=self.generator).squeeze(1)
         real_condition = self._condition(labels)
         # Generated images get the batch's classes in another order: the same class frequencies.
@@ -202,8 +211,8 @@ class _GANTrainer:
         g_loss = -self.discriminator(fake, fake_condition).mean()
         losses = {"d": float(d_loss.detach()), "g": float(g_loss.detach())}
         if self.space is not None and self.consistency > 0:
-            activation = self.space.embed(self.teacher.features(fake))
-            consistency = -self.space.log_prior_density(activation, fake_labels).mean() / self.space.dim
+            log_reading = self.space.class_log_posterior(self.teacher.features(fake))
+            consistency = F.nll_loss(log_reading, fake_labels)
             g_loss = g_loss + self.consistency * consistency
             losses["consistency"] = float(consistency.detach())
         self.g_optimizer.zero_grad(set_to_none=True)
