@@ -29,3 +29,12 @@ def rng(request):
 @pytest.fixture(params=DEVICE_PARAMS)
 def device(request):
     return request.param
+
+
+@pytest.fixture
+def one_thread():
+    """Runs a test on one torch thread (the trainers' tiny models: more threads only add overhead)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,6 +21,8 @@ from penact.distill.grid import run_grid, summarize, write_report
 from penact.distill.trainer import RANK_OFFSET_STRIDE
 from penact.models import accuracy, student_cnn, teacher_cnn, train_classifier
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add noise and time
+
 TINY = DistillConfig(steps=80, batch_size=64, lr=1e-2, pool_size=40, refresh_every=30, refresh_size=20, synth_steps=5,
                      weight_reference_size=256)
 
@@ -39,14 +41,6 @@ def _recording(distribution):
     recording = RecordingDistribution(distribution.weight, distribution.bias, distribution.radius)
     recording.draws = []
     return recording
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from penact.generate.networks import FeatureEncoder, JudgeMLP
 from penact.generate.trainers import MODELS, parse_model
 from penact.models import teacher_cnn
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add noise and time
+
 TINY = TrainConfig(vae_steps=3, gan_steps=3, batch_size=16)
 
 
@@ -24,14 +26,6 @@ TINY = TrainConfig(vae_steps=3, gan_steps=3, batch_size=16)
 def np_rng(rng):
     """A numpy generator drawn from the run's seeded torch generator (see conftest)."""
     return np.random.default_rng(int(torch.randint(2**62, (1,), generator=rng)))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _frechet_scipy(a: np.ndarray, b: np.ndarray) -> float:
