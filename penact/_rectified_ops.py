@@ -165,11 +165,27 @@ def _setup_log_partition(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
+class _RefuseSecondDerivative(torch.autograd.Function):
+    """``value``, attached to ``inputs`` by a node whose backward raises."""
+
+    @staticmethod
+    def forward(ctx, value, *inputs):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("penact: second derivatives of rectified_log_partition in scale or zero_mass "
+                                  "are not implemented (in weight they are: Var[a])")
+
+
 def _log_partition_backward(ctx, grad):
     # The gradients of log z are the model's own moments: E[a], E[a^2] / s^3 and 1 / z.
     weight, scale, zero_mass = ctx.saved_tensors
-    log_z, _, mean, second_moment, _ = rectified_coordinate_stats(weight, scale, zero_mass)
     g = grad[:, None]
+    log_z, _, mean, second_moment, _ = rectified_coordinate_stats(weight, scale, zero_mass)
+    if torch.is_grad_enabled():  # create_graph=True: E[a] has a differentiable form (rectified_mean), the
+        mean = rectified_mean(weight, scale, zero_mass)  # other moments are constants: refuse through them
+        second_moment, log_z = (_RefuseSecondDerivative.apply(t, weight, scale, zero_mass) for t in (second_moment, log_z))
     grad_weight = grad_scale = grad_zero_mass = None
     if ctx.needs_input_grad[0]:
         grad_weight = g * mean

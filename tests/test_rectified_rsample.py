@@ -276,6 +276,20 @@ def test_second_derivatives_are_refused(rng):
             grad.sum().backward()
 
 
+def test_log_partition_second_derivative_in_weight_is_the_variance(rng):
+    """d^2 log z / dw^2 = Var[a] (through rectified_mean); in scale or zero_mass it raises, never a silent 0."""
+    weight, _, scale, zero_mass = random_pair(rng)
+    w = weight.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(ops.rectified_log_partition(w, scale, zero_mass).sum(), w, create_graph=True)
+    (curvature,) = torch.autograd.grad(grad.sum(), w)
+    _, _, mean, second_moment, _ = ops.rectified_coordinate_stats(weight, scale, zero_mass)
+    torch.testing.assert_close(curvature, second_moment - mean**2, rtol=1e-10, atol=1e-12)
+    s = scale.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(ops.rectified_log_partition(weight, s, zero_mass).sum(), s, create_graph=True)
+    with pytest.raises(NotImplementedError, match="second derivatives of rectified_log_partition"):
+        grad.sum().backward()
+
+
 def test_bad_input_raises(rng):
     weight, other, scale, zero_mass = random_pair(rng)
     w = weight.clone().requires_grad_()
