@@ -10,7 +10,9 @@ penultimate activations (sphere or rectified) and gives:
   encoder, centred on the teacher's reading of the image plus a learned correction (a von
   Mises-Fisher on the sphere; a rectified distribution with per-row natural parameters and the
   teacher's scale and zero mass), with the closed-form KL to a class of the teacher
-  (labelled mode) and its log-density for the Monte Carlo KL to the class mixture (label-free);
+  (labelled mode), to the classes weighted by the teacher's reading of the image (label-free,
+  joint latent) and its log-density for the Monte Carlo KL to the class mixture;
+- ``class_log_posterior(features)``: the teacher's class reading of an image;
 - ``normalize(a)``: the network input, the direction of ``a`` scaled to norm ``sqrt(D)`` (unit-size
   coordinates whatever the radius or scale the teacher fitted; for the rectified family this
   drops the norm, whose row-to-row spread destabilized the GAN's projection discriminator).
