@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps)
     parser.add_argument("--gan-steps", type=int, default=defaults.gan_steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--discriminator-lr", type=float, default=defaults.discriminator_lr,
+                        help="the GAN discriminator's Adam learning rate (default: %(default)s; "
+                             "the generator's is 2e-4)")
     parser.add_argument("--consistency", type=float, default=defaults.consistency,
                         help="weight of the penact GAN's consistency term (default: %(default)s)")
     parser.add_argument("--free-kl", choices=("joint", "mixture"), default=defaults.free_kl,
@@ -101,7 +104,7 @@ def _save_grid(images: torch.Tensor, labels: torch.Tensor, columns: int, path: P
 def run(args: argparse.Namespace, name: str) -> dict:
     data = load_digits_split()
     config = TrainConfig(vae_steps=args.vae_steps, gan_steps=args.gan_steps, batch_size=args.batch_size,
-                         consistency=args.consistency, free_kl=args.free_kl)
+                         discriminator_lr=args.discriminator_lr, consistency=args.consistency, free_kl=args.free_kl)
     runs = _runs(args.models, args.families)
     num_classes = data.num_classes
     eval_labels = torch.arange(num_classes).repeat_interleave(args.per_class)
@@ -226,7 +229,8 @@ def main(args: argparse.Namespace) -> int:
                "threads": torch.get_num_threads(), "table": table, "targets": targets(table, args.families),
                **results}
     settings = {k: getattr(args, k) for k in ("seeds", "teacher_epochs", "judge_epochs", "vae_steps", "gan_steps",
-                                              "batch_size", "consistency", "free_kl", "per_class")}
+                                              "batch_size", "discriminator_lr", "consistency", "free_kl",
+                                              "per_class")}
     command = "penact " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps({**summary, "settings": settings, "command": command}, indent=1))
