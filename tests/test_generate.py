@@ -60,17 +60,17 @@ def test_judges_score_counts_hits_and_real_images_are_as_diverse_as_themselves(n
     images = torch.rand(40, 1, 8, 8)
     labels = torch.arange(4).repeat(10)
 
-    class Fixed(nn.Module):  # predicts class = first pixel's quartile
-        fc = nn.Identity()
-
+    class Fixed(nn.Module):  # predicts class = first pixel's quartile, from its "features" (the pixels)
         def features(self, x):
             return x.flatten(1)
 
+        def fc(self, features):
+            return nn.functional.one_hot((features[:, 0] * 4).long().clamp(0, 3), 4).float()
+
         def forward(self, x):
-            return nn.functional.one_hot((x[:, 0, 0, 0] * 4).long().clamp(0, 3), 4).float()
+            return self.fc(self.features(x))
 
     judge = Fixed()
-    judge.fc = lambda f: nn.functional.one_hot((f[:, 0] * 4).long().clamp(0, 3), 4).float()
     judges = Judges(Fixed(), judge, images, labels)
     scores = judges.score(images, labels)
     expected = float(((images[:, 0, 0, 0] * 4).long().clamp(0, 3) == labels).double().mean())
@@ -108,9 +108,9 @@ def test_kl_terms_agree_with_monte_carlo(np_rng, family):
     mixture = (many.kl(a, None, free_kl="mixture")).view(draws, rows)
     labels = torch.arange(rows) % space.num_classes
     labelled = (many.log_prob(a) - space.log_prior_density(a, labels.repeat(draws))).view(draws, rows)
-    for estimate, exact in ((labelled, posterior.kl_to_class(labels)),):
-        se = estimate.std(dim=0) / math.sqrt(draws)
-        assert ((estimate.mean(dim=0) - exact).abs() <= 5 * se + 1e-9).all(), (estimate.mean(0), exact, se)
+    exact = posterior.kl_to_class(labels)
+    se = labelled.std(dim=0) / math.sqrt(draws)
+    assert ((labelled.mean(dim=0) - exact).abs() <= 5 * se + 1e-9).all(), (labelled.mean(0), exact, se)
     se = mixture.std(dim=0) / math.sqrt(draws)
     assert (mixture.mean(dim=0) <= joint + 5 * se).all()
     with pytest.raises(ValueError, match="free_kl"):
@@ -181,6 +181,8 @@ def test_generate_command_writes_its_report(tmp_path):
     assert code == 0
     report = json.loads((tmp_path / "tiny.json").read_text())
     assert set(report["table"]) == {"vae-onehot", "vae-free (rectified)", "gan-labelled (rectified)"}
+    reading = report["references"][0]["sample_reading"]
+    assert set(reading) == {"rectified"} and 0 <= reading["rectified"] <= 1
     assert [v["target"] for v in report["targets"]] == ["vae-free (rectified): judge fidelity >= 85%"]
     assert "| vae-free (rectified) |" in (tmp_path / "tiny.md").read_text()
     grids = sorted(p.name for p in (tmp_path / "tiny").iterdir())

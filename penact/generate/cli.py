@@ -101,6 +101,14 @@ def _save_grid(images: torch.Tensor, labels: torch.Tensor, columns: int, path: P
     plt.imsave(path, canvas.numpy(), cmap="gray", vmin=0, vmax=1)
 
 
+def _sample_reading(space: LatentSpace, seed: int, per_class: int = 1000) -> float:
+    """The share of the teacher's own samples ``a ~ p(a | y)`` that it reads as class ``y``: how
+    class-clear the condition a penact generator decodes is (a generator faithful to it inherits that)."""
+    labels = torch.arange(space.num_classes).repeat_interleave(per_class)
+    a = space.prior_sample(labels, torch.Generator().manual_seed(stream_seed(seed, space.family, "reading")))
+    return float((space.class_log_posterior(a).argmax(dim=1) == labels).double().mean())
+
+
 def run(args: argparse.Namespace, name: str) -> dict:
     data = load_digits_split()
     config = TrainConfig(vae_steps=args.vae_steps, gan_steps=args.gan_steps, batch_size=args.batch_size,
@@ -123,6 +131,7 @@ def run(args: argparse.Namespace, name: str) -> dict:
                            "real_train_split": asdict(real)})
         spaces = {family: LatentSpace(fit_distribution(family, teacher, data.train_images, data.train_labels))
                   for family in {f for _, f in runs if f is not None}}
+        references[-1]["sample_reading"] = {family: _sample_reading(space, seed) for family, space in spaces.items()}
         for model, family in runs:
             bar.set_postfix_str(f"seed {seed} {_label(model, family)}")
             mode = parse_model(model)[1]
@@ -201,6 +210,11 @@ def _markdown(summary: dict, command: str, settings: dict, name: str) -> str:
              f"like generated ones: teacher {100 * real['teacher_fidelity']:.1f}%, judge "
              f"{100 * real['judge_fidelity']:.1f}%, Frechet {real['frechet']:.2f} (the floor), diversity "
              f"{real['diversity']:.2f}.", "",
+             "The teacher reads " + ", ".join(
+                 f"{100 * statistics.fmean(r['sample_reading'][f] for r in refs):.1f}% of its {f} samples"
+                 for f in refs[0]["sample_reading"]) + " as their class (per seed: " + "; ".join(
+                 ", ".join(f"{f} {100 * v:.1f}%" for f, v in r["sample_reading"].items()) for r in refs)
+             + "): the condition's own class clarity, which a faithful generator inherits.", "",
              "Fidelity: % of images generated for class y that the classifier assigns to y. Frechet: distance "
              "between Gaussians fitted to the judge's 64-wide features of the generated images and of the real "
              "test split (lower is better). Diversity: mean pairwise feature distance within a class, relative "

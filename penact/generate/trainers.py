@@ -104,7 +104,7 @@ def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images
     generator = torch.Generator().manual_seed(seed)
     teacher = frozen(teacher)
     num_classes = teacher.fc.out_features
-    trainer = (_VAETrainer if kind == "vae" else _GANTrainer)(mode, teacher, space, num_classes, config, generator)
+    trainer = (_VAETrainer if kind == "vae" else _GANTrainer)(teacher, space, num_classes, config, generator)
     steps = config.vae_steps if kind == "vae" else config.gan_steps
     started = time.perf_counter()
     bar = tqdm(range(steps), desc=name + (f" ({space.family})" if space else ""), unit="step", disable=not progress,
@@ -120,8 +120,8 @@ def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images
 
 
 class _VAETrainer:
-    def __init__(self, mode, teacher, space, num_classes, config, generator):
-        self.mode, self.space, self.num_classes, self.generator = mode, space, num_classes, generator
+    def __init__(self, teacher, space, num_classes, config, generator):
+        self.space, self.generator = space, generator
         if space is None:
             self.encoder = GaussianEncoder(config.latent_size, num_classes)
             self.decoder = Decoder(config.latent_size, num_classes)
@@ -129,6 +129,7 @@ class _VAETrainer:
             self.encoder = FeatureEncoder(teacher.backbone, space.dim, space.posterior_size + 2 * config.latent_size)
             self.decoder = Decoder(config.latent_size, space.dim)
         self.latent_size = config.latent_size
+        self.model = ConditionalGenerator(self.decoder, space, num_classes, config.latent_size)
         parameters = [p for m in (self.encoder, self.decoder) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=config.vae_lr)
         self.warmup_steps, self.steps_done = config.kl_warmup * config.vae_steps, 0
@@ -142,7 +143,7 @@ class _VAETrainer:
 
     def step(self, images: Tensor, labels: Tensor | None) -> dict:
         if self.space is None:
-            condition = F.one_hot(labels, self.num_classes).float()
+            condition = self.model.condition(labels, self.generator)
             latent, kl = self._gaussian(*self.encoder(images, condition))
             logits = self.decoder(latent, condition)
         else:
@@ -168,25 +169,21 @@ class _VAETrainer:
         return {"recon": float(reconstruction.detach().mean()), "kl": float(kl.detach().mean())}
 
     def sampler(self) -> ConditionalGenerator:
-        return ConditionalGenerator(self.decoder.eval(), self.space, self.num_classes, self.latent_size)
+        return self.model.eval()
 
 
 class _GANTrainer:
-    def __init__(self, mode, teacher, space, num_classes, config, generator):
-        self.mode, self.teacher, self.space, self.generator = mode, teacher, space, generator
-        self.num_classes, self.consistency = num_classes, config.consistency
+    def __init__(self, teacher, space, num_classes, config, generator):
+        self.teacher, self.space, self.generator = teacher, space, generator
+        self.consistency = config.consistency
         condition_size = num_classes if space is None else space.dim
         self.noise_size = config.noise_size
         self.decoder = Decoder(config.noise_size, condition_size)
+        self.model = ConditionalGenerator(self.decoder, space, num_classes, config.noise_size)
         self.discriminator = ProjectionDiscriminator(condition_size)
         self.g_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.gan_lr, betas=(0.5, 0.999))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.discriminator_lr,
                                             betas=(0.5, 0.999))
-
-    def _condition(self, labels: Tensor) -> Tensor:
-        if self.space is None:
-            return F.one_hot(labels, self.num_classes).float()
-        return self.space.normalize(self.space.prior_sample(labels, self.generator))
 
     def step(self, images: Tensor, labels: Tensor | None) -> dict:
         count = images.shape[0]
@@ -195,10 +192,10 @@ class _GANTrainer:
             with torch.no_grad():
                 reading = self.space.class_log_posterior(self.teacher.features(images)).exp()
             labels = torch.multinomial(reading, 1, generator=self.generator).squeeze(1)
-        real_condition = self._condition(labels)
+        real_condition = self.model.condition(labels, self.generator)
         # Generated images get the batch's classes in another order: the same class frequencies.
         fake_labels = labels[torch.randperm(count, generator=self.generator)]
-        fake_condition = self._condition(fake_labels)
+        fake_condition = self.model.condition(fake_labels, self.generator)
         noise = torch.randn(count, self.noise_size, generator=self.generator)
         fake = torch.sigmoid(self.decoder(noise, fake_condition))
 
@@ -221,4 +218,4 @@ class _GANTrainer:
         return losses
 
     def sampler(self) -> ConditionalGenerator:
-        return ConditionalGenerator(self.decoder.eval(), self.space, self.num_classes, self.noise_size)
+        return self.model.eval()
