@@ -15,7 +15,7 @@ penultimate activations (sphere or rectified) and gives:
 - ``class_log_posterior(features)``: the teacher's class reading of an image;
 - ``normalize(a)``: the network input, the direction of ``a`` scaled to norm ``sqrt(D)`` (unit-size
   coordinates whatever the radius or scale the teacher fitted; for the rectified family this
-  drops the norm, whose row-to-row spread destabilized the GAN's projection discriminator).
+  drops the norm: the networks of both families see directions).
 """
 from __future__ import annotations
 
