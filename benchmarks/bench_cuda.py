@@ -2,7 +2,7 @@
 
 - ``sample``, N = 1e6, D in {64, 512, 2048}, C = 1000, float32 (and bfloat16) output: bytes
   written per second against the device's write bandwidth, time against ``torch.randn(N, D)``,
-  and speed-up over the composite PyTorch sampler (``penact._reference``);
+  and speed-up over the composite PyTorch sampler (``penact.reference``);
 - ``log_prob`` (labelled) and its backward, same sizes: bytes read per second against the read
   bandwidth;
 - ``log_prob_all``: time against ``torch.addmm`` of the same shapes.
@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout without installing
 
-from penact import _reference as reference  # noqa: E402
+from penact import reference  # noqa: E402
 from penact import ops  # noqa: E402
 
 GiB = 2**30
@@ -153,7 +153,7 @@ def bench_dim(n: int, dim: int, num_classes: int, bandwidth: dict, repeat: int, 
         except torch.OutOfMemoryError as error:
             timing = dict(error=f"out of memory: {str(error).splitlines()[0]}")
         penact_time = rows[0]["time"]
-        row("sample_vs_composite", torch.float32, penact_time, None, "penact._reference.vmf_sample", timing)
+        row("sample_vs_composite", torch.float32, penact_time, None, "penact.reference.vmf_sample", timing)
         free_memory()
 
     x = mu[labels] * radius + torch.randn(n, dim, device="cuda") * 0.3
@@ -167,7 +167,7 @@ def bench_dim(n: int, dim: int, num_classes: int, bandwidth: dict, repeat: int, 
         read_fraction=read / timing["median_s"] / bandwidth["sum_read_bytes_per_s"],
         read_fraction_copy=read / timing["median_s"] / bandwidth["copy_write_bytes_per_s"])
     composite_lp = cuda_time(lambda: reference.vmf_log_prob(x, weight, lognorm, labels, radius), repeat)
-    row("log_prob_vs_composite", torch.float32, timing, None, "penact._reference.vmf_log_prob", composite_lp)
+    row("log_prob_vs_composite", torch.float32, timing, None, "penact.reference.vmf_log_prob", composite_lp)
 
     grad = torch.randn(n, device="cuda")
     backward_op = torch.ops.penact.vmf_log_prob_backward.default

@@ -9,7 +9,7 @@ For ``loc: [N, D]``, ``concentration: [N]`` (one distribution per row, kappa log
 - ``labelled kernel``: ``PenultimateDistribution(weight [C, D]).sample(labels [N])``, the same N and D
   (issue 8's reference point: rsample within 10% of it);
 - ``row kernel``: ``penact.ops.vmf_sample(loc, kappa, arange(N), ...)``, the kernel rsample calls;
-- ``composite``: ``penact._reference.vmf_sample``, the pure-torch Wood sampler (not differentiable
+- ``composite``: ``penact.reference.vmf_sample``, the pure-torch Wood sampler (not differentiable
   in kappa);
 - ``rsample + backward``: forward and backward of ``(x @ b).sum()`` through ``rsample``;
 - ``randn``: ``torch.randn(N, D)``, the floor of any sampler.
@@ -36,7 +36,7 @@ import time
 import torch
 
 from penact import PenultimateDistribution, VonMisesFisher, ops
-from penact import _reference as reference
+from penact import reference
 
 
 def _tfp_peer(loc: torch.Tensor, kappa: torch.Tensor):

@@ -7,7 +7,7 @@
   (log Z given), against one read pass ``x.norm(dim=1)`` (target: at most 1.5x). The public
   ``RectifiedDistribution.log_prob``, which also recomputes log Z (C x D normalizers), is shown too.
 
-The pure-torch twin (``penact._rectified_reference``) is timed alongside as the composite baseline.
+The pure-torch twin (``penact.reference``) is timed alongside as the composite baseline.
 Parameters: ``W ~ N(0, 0.1^2)`` (a trained layer's scale), ``s`` in (0.5, 3), ``m`` in (0.5, 1.5)
 (30-50% exact zeros), so ``s w`` lies mostly within +-1; ``--tail-heavy`` uses ``W ~ N(0, 1)``,
 which sends about an eighth of the (class, coordinate) pairs past ``s w = -2`` to the scalar
@@ -28,8 +28,8 @@ import time
 import torch
 
 from penact import RectifiedDistribution
-from penact import _rectified_ops as ops
-from penact import _rectified_reference as reference
+from penact import ops
+from penact import reference
 
 
 def interleaved_medians(peers: dict, rounds: int) -> dict:

@@ -6,7 +6,7 @@ from the limit. Operations (``OPS``): ``sample``, ``log_prob`` (labelled), the b
 same run on the same inputs:
 
 - ``penact``: the public API (``PenultimateDistribution``, ``penact.ops``);
-- ``composite``: the pure-torch twin ``penact._reference`` (Wood's step through
+- ``composite``: the pure-torch twin ``penact.reference`` (Wood's step through
   ``torch.distributions.Beta``; gather-multiply-sum log-density);
 - ``scipy``: ``scipy.stats.vonmises_fisher``, one frozen distribution per class and a loop over
   the classes present in a labelled batch (what a scipy user writes); float64 only, CPU only;
@@ -65,8 +65,8 @@ import numpy as np
 import torch
 
 import penact
-from penact import _ops as ops
-from penact import _reference as reference
+from penact import ops
+from penact import reference
 
 OPS = ("sample", "log_prob", "log_prob_backward", "log_prob_all", "log_marginal",
        "log_bessel_iv", "bessel_iv_ratio", "vmf_log_normalizer")
@@ -446,7 +446,7 @@ def _loop_estimate(body: Callable[[int, np.ndarray], Any], first: tuple[int, np.
 
 
 def _composite_log_normalizer(p: Problem, weight: torch.Tensor) -> torch.Tensor:
-    # penact._reference has no special-function twin: the composite uses penact's normalizer ([C]).
+    # penact.reference has no special-function twin: the composite uses penact's normalizer ([C]).
     return ops.vmf_log_normalizer(p.dim, RADIUS * weight.norm(dim=1))
 
 
@@ -625,7 +625,7 @@ SCIPY_SPECIAL = {"log_bessel_iv": _scipy_log_bessel_iv, "bessel_iv_ratio": _scip
 DENSITY_PEERS = {"penact": _penact_peer, "composite": _composite_peer, "scipy": _scipy_peer, "tfp-jax": _tfp_peer}
 SPECIAL_PEERS = {"penact": _special_penact,
                  "composite": lambda op, p, clock: Peer(
-                     "composite", skip="penact._reference has no special-function twin (torch.special has I_0, I_1 only)"),
+                     "composite", skip="penact.reference has no special-function twin (torch.special has I_0, I_1 only)"),
                  "scipy": _special_scipy, "tfp-jax": _special_tfp}
 
 

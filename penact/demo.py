@@ -27,8 +27,7 @@ import torch
 from torch import Tensor
 
 from .data import load_digits_split
-from .distribution import PenultimateDistribution
-from .rectified import RectifiedDistribution
+from .families import ClassConditionalDistribution, SphereDistribution, family_names, get_family
 from .models import accuracy, teacher_cnn, train_classifier
 
 RADIUS_METHODS = ("mle", "norm")
@@ -76,7 +75,7 @@ class DemoResult:
     files: list[Path] = field(default_factory=list)
 
 
-def _gd_error(dist: PenultimateDistribution, x: Tensor) -> float:
+def _gd_error(dist: ClassConditionalDistribution, x: Tensor) -> float:
     """max |p(y | x) - softmax(W x + b)| over rows and classes."""
     logits = x @ dist.weight.T + dist.bias
     return float((dist.posterior(x) - torch.softmax(logits, dim=1)).abs().max())
@@ -114,11 +113,11 @@ def run_demo(out: Path | str, epochs: int = 20, seed: int = 0, samples_per_class
                         real_cosine=[], mean_real_norm=float(activations.norm(dim=1).mean()))
     samples = {}
     for method in RADIUS_METHODS:
-        fitted = PenultimateDistribution.fit(model.fc, activations, labels, radius=method)
+        fitted = SphereDistribution.fit(model.fc, activations, labels, radius=method)
         radius = fitted.radius
         # The GD pair in both precisions: float64 shows the identity, float32 the model's own dtype.
-        exact = PenultimateDistribution(fitted.weight.detach().double(), fitted.bias.detach().double(), radius)
-        single = PenultimateDistribution(fitted.weight.detach(), fitted.bias.detach(), radius)
+        exact = SphereDistribution(fitted.weight.detach().double(), fitted.bias.detach().double(), radius)
+        single = SphereDistribution(fitted.weight.detach(), fitted.bias.detach(), radius)
         with torch.no_grad():
             sampled = exact.sample(sample_labels, seed=seed, offset=0)
             sampled_single = single.sample(sample_labels, seed=seed, offset=0)
@@ -141,9 +140,8 @@ def run_demo(out: Path | str, epochs: int = 20, seed: int = 0, samples_per_class
 
     result.files = _plot(out, real_units, labels, samples["mle"][0], sample_labels, samples["mle"][1],
                          result.checks["mle"].mean_resultant)
-    result.families, rectified_samples = _compare_families(model, activations, labels, sample_labels, seed,
-                                                           result.checks["mle"].radius)
-    result.files.append(_plot_coordinates(out, activations, rectified_samples))
+    result.families, pairs = _compare_families(model, activations, labels, sample_labels, seed)
+    result.files.append(_plot_coordinates(out, pairs))
     report = out / "report.md"
     report.write_text(_report(result, epochs, seed, samples_per_class, command))
     result.files.insert(0, report)
@@ -198,49 +196,52 @@ def _plot(out: Path, real_units: Tensor, labels: Tensor, sampled_units: Tensor, 
     return [pca_path, cosine_path]
 
 
-def _compare_families(model, activations: Tensor, labels: Tensor, sample_labels: Tensor, seed: int,
-                      radius: float) -> tuple[list[FamilyCheck], Tensor]:
-    """Both families fitted to the same real activations, side by side (float64)."""
+def _compare_families(model, activations: Tensor, labels: Tensor, sample_labels: Tensor,
+                      seed: int) -> tuple[list[FamilyCheck], dict[str, tuple[Tensor, Tensor]]]:
+    """Every registered family fitted to the same real activations, side by side (float64).
+    Returns the checks and, per family, (real activations on its support, its samples)."""
     real = activations.double()
     weight, bias = model.fc.weight.detach().double(), model.fc.bias.detach().double()
     linear = torch.nn.Linear(weight.shape[1], weight.shape[0]).double()
     with torch.no_grad():
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
-    families = {"sphere (vMF, radius mle)": PenultimateDistribution(weight, bias, radius),
-                "rectified": RectifiedDistribution.fit(linear, real, labels)}
-    checks, rectified_samples = [], None
+    checks, pairs = [], {}
     with torch.no_grad():
-        for name, dist in families.items():
+        for name in family_names():
+            dist = get_family(name).fit(linear, real, labels)
             sampled = dist.sample(sample_labels, seed=seed, offset=0)
-            on_support = real if isinstance(dist, RectifiedDistribution) else radius * real / real.norm(dim=1, keepdim=True)
+            on_support = dist.support(real)
             predicted = linear(sampled).argmax(dim=1)
             checks.append(FamilyCheck(
                 family=name, gd_error_sampled=_gd_error(dist, sampled), gd_error_real=_gd_error(dist, on_support),
                 zero_fraction_real=float((real == 0).double().mean()),
                 zero_fraction_sampled=float((sampled == 0).double().mean()),
-                mean_norm_real=float(real.norm(dim=1).mean()), mean_norm_sampled=float(sampled.norm(dim=1).mean()),
+                mean_norm_real=float(on_support.norm(dim=1).mean()), mean_norm_sampled=float(sampled.norm(dim=1).mean()),
                 sample_accuracy=float((predicted == sample_labels).double().mean())))
-            if isinstance(dist, RectifiedDistribution):
-                rectified_samples = sampled
-    return checks, rectified_samples
+            pairs[name] = (on_support, sampled)
+    return checks, pairs
 
 
-def _plot_coordinates(out: Path, real: Tensor, sampled: Tensor) -> Path:
-    """Per coordinate: mean and fraction of exact zeros, real vs rectified samples."""
+def _plot_coordinates(out: Path, pairs: dict[str, tuple[Tensor, Tensor]]) -> Path:
+    """Per family and coordinate: mean and fraction of exact zeros, real (on the family's support)
+    vs sampled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(9, 4))
-    for axis, (title, real_stat, sampled_stat) in zip(axes, [
-            ("mean per coordinate", real.double().mean(dim=0), sampled.mean(dim=0)),
-            ("fraction of exact zeros per coordinate", (real == 0).double().mean(dim=0), (sampled == 0).double().mean(dim=0))]):
-        axis.scatter(real_stat.numpy(), sampled_stat.numpy(), s=8)
-        top = float(max(real_stat.max(), sampled_stat.max()))
-        axis.plot([0, top], [0, top], color="gray", linewidth=1)
-        axis.set(title=title, xlabel="real", ylabel="rectified samples")
+    figure, axes = plt.subplots(len(pairs), 2, figsize=(9, 4 * len(pairs)), squeeze=False)
+    for row, (name, (real, sampled)) in zip(axes, pairs.items()):
+        for axis, (title, real_stat, sampled_stat) in zip(row, [
+                ("mean per coordinate", real.mean(dim=0), sampled.mean(dim=0)),
+                ("fraction of exact zeros per coordinate", (real == 0).double().mean(dim=0),
+                 (sampled == 0).double().mean(dim=0))]):
+            axis.scatter(real_stat.numpy(), sampled_stat.numpy(), s=8)
+            low = float(min(real_stat.min(), sampled_stat.min(), 0))
+            top = float(max(real_stat.max(), sampled_stat.max()))
+            axis.plot([low, top], [low, top], color="gray", linewidth=1)
+            axis.set(title=f"{name}: {title}", xlabel="real (on the support)", ylabel="sampled")
     figure.tight_layout()
     path = out / "coordinates.png"
     figure.savefig(path, dpi=110)
@@ -291,10 +292,12 @@ def _report(result: DemoResult, epochs: int, seed: int, samples_per_class: int, 
         "",
         "![Per-class cosine histograms](cosines.png)",
         "",
-        "## Both families side by side (float64)",
+        "## Every family side by side (float64)",
         "",
         "The sphere family models directions at the radius r; the rectified family models the raw ReLU "
         "activations (exact zeros included) and needs no normalization. Both are exact GD pairs.",
+        "",
+        "Real activations are taken to each family's support (the sphere family: `r a / ||a||`).",
         "",
         "| family | GD error sampled | GD error real | zeros real | zeros sampled | mean norm real "
         "| mean norm sampled | teacher accuracy on samples |",
@@ -304,7 +307,7 @@ def _report(result: DemoResult, epochs: int, seed: int, samples_per_class: int, 
         lines.append(f"| {fam.family} | {fam.gd_error_sampled:.2e} | {fam.gd_error_real:.2e} "
                      f"| {fam.zero_fraction_real:.3f} | {fam.zero_fraction_sampled:.3f} | {fam.mean_norm_real:.4g} "
                      f"| {fam.mean_norm_sampled:.4g} | {100 * fam.sample_accuracy:.2f}% |")
-    lines += ["", "![Per-coordinate mean and sparsity, real vs rectified samples](coordinates.png)", ""]
+    lines += ["", "![Per-coordinate mean and sparsity, real vs sampled, per family](coordinates.png)", ""]
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints, register_kl
 
-from . import _ops as ops
+from . import ops
 from ._random import resolve_seed
 
 __all__ = ["VonMisesFisher", "HypersphericalUniform", "unit_sphere"]
@@ -75,7 +75,7 @@ class VonMisesFisher(Distribution):
         validate_args: as in ``torch.distributions``.
 
     ``rsample`` is differentiable in ``loc`` and ``concentration`` (implicit reparameterization for
-    the cosine ``t = mu . u``, projection for the direction: :mod:`penact._rsample_ops`).
+    the cosine ``t = mu . u``, projection for the direction: :mod:`penact.ops.vmf`).
     ``log_prob`` evaluates a value at its direction ``value / ||value||``, like penact's kernels.
 
     Raises:

@@ -98,5 +98,5 @@ def test_fit_errors():
 
 
 def test_kl_shape_mismatch():
-    with pytest.raises(ValueError, match="other must have weight of shape"):
+    with pytest.raises(ValueError, match="other must be a SphereDistribution with weight of shape"):
         PenultimateDistribution(torch.randn(4, 6)).kl(PenultimateDistribution(torch.randn(3, 6)))

@@ -10,7 +10,7 @@ import torch
 
 import mp_reference as ref
 from penact import PenultimateDistribution, ops
-from penact import _reference as reference
+from penact import reference
 
 
 def random_dist(rng, c=6, dim=9, radius=1.7, dtype=torch.float64, device="cpu", scale=2.0):

@@ -17,8 +17,8 @@ import torch
 
 import penact
 from penact import RectifiedDistribution
-from penact import _rectified_ops as ops
-from penact import _rectified_reference as reference
+from penact import ops
+from penact import reference
 
 DTYPES = [torch.float32, torch.float64]
 EPS = {torch.float32: torch.finfo(torch.float32).eps, torch.float64: torch.finfo(torch.float64).eps}
@@ -369,7 +369,7 @@ def test_portable_and_avx2_philox_agree():
     """The same samples whichever Philox implementation the CPU runs (PENACT_CPU_CAPABILITY=default
     forces the portable one)."""
     script = ("import torch, penact\n"
-              "from penact import _rectified_ops as ops\n"
+              "from penact import ops\n"
               "g = torch.Generator().manual_seed(3)\n"
               "out = []\n"
               "for dtype in (torch.float32, torch.float64):\n"

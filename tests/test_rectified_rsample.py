@@ -11,8 +11,8 @@ import scipy.special
 import torch
 
 from penact import RectifiedDistribution
-from penact import _rectified_ops as ops
-from penact import _rectified_reference as reference
+from penact import ops
+from penact import reference
 
 DTYPES = [torch.float32, torch.float64]
 

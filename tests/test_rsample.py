@@ -118,7 +118,7 @@ def test_fused_backward_matches_its_torch_twin(dim, dtype, rng):
     CUDA path): a few classes and one class per row, a dense, a repeated (stride 0) and a transposed
     incoming gradient, each gradient alone; equal up to rounding (both sum the same terms in another
     order), and bit-identical for one thread and two (rows are summed in order within a class)."""
-    from penact._rsample_ops import _rsample_backward_composite, vmf_rsample_backward
+    from penact.ops.vmf import _rsample_backward_composite, vmf_rsample_backward
 
     n, radius = 300, 1.7
     for classes in (4, n, 2 * n):  # 2 n: classes that no row reaches get zero gradients

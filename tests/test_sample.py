@@ -9,7 +9,7 @@ import scipy.stats
 import torch
 
 from penact import PenultimateDistribution, ops
-from penact import _reference as reference
+from penact import reference
 
 
 def cosine_cdf_at(w_sorted, dim, kappa):

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
+from ..families import family_names
 from .trainer import DistillConfig, parse_method
 from .transfer import DEFAULT_SEVERITY, TRANSFER_SETS
 
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transfers", type=_transfers, default=list(TRANSFER_SETS),
                         help="comma-separated subset of %(default)s")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default: %(default)s)")
-    parser.add_argument("--family", default="sphere", help="distribution family: sphere or rectified")
+    parser.add_argument("--family", default="sphere", choices=family_names(), help="distribution family (default: %(default)s)")
     parser.add_argument("--severity", type=float, default=DEFAULT_SEVERITY, help="corruption severity (default: %(default)s)")
     parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--steps", type=int, default=defaults.steps)

@@ -19,27 +19,21 @@ import torch
 import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
-import penact
-from ..base import ClassConditionalDistribution
+from ..families import ClassConditionalDistribution, get_family
 from ..data import load_digits_split
 from ..models import accuracy, student_cnn, teacher_cnn, train_classifier
 from .trainer import DistillConfig, Distiller, stream_seed, distributed_context, parse_method
 from .transfer import transfer_images
 
-FAMILIES = {"sphere": "PenultimateDistribution", "rectified": "RectifiedDistribution"}
 TARGETS = {"partial": 0.90, "none": 0.90}
 CORRUPTED_MARGIN = 0.03
 
 
 def fit_distribution(family: str, teacher: torch.nn.Module, images: torch.Tensor,
                      labels: torch.Tensor) -> ClassConditionalDistribution:
-    """``penact.<Family>.fit(teacher.fc, activations, labels)`` on the teacher's activations of
-    ``images`` (the sphere family fits its radius by maximum likelihood)."""
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {tuple(FAMILIES)}, got {family!r}")
-    family_class = getattr(penact, FAMILIES[family], None)
-    if family_class is None:
-        raise ValueError(f"family {family!r} needs penact.{FAMILIES[family]}, which this build does not provide")
+    """The registered ``family``'s ``fit(teacher.fc, activations, labels)`` on the teacher's
+    activations of ``images`` (the sphere family fits its radius by maximum likelihood)."""
+    family_class = get_family(family)
     with torch.no_grad():
         activations = teacher.features(images)
     return family_class.fit(teacher.fc, activations, labels)

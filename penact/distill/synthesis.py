@@ -1,4 +1,5 @@
-"""Turning sampled penultimate activations back into inputs (SPEC section 6).
+"""Turning sampled penultimate activations back into inputs (docs/model.md, "How the distribution
+serves distillation").
 
 Given target activations ``a_i ~ p(a | y_i)`` drawn from the teacher's distribution, find images
 ``x_i = sigmoid(z_i)`` (pixels in ``(0, 1)``) that minimize
@@ -8,7 +9,7 @@ Given target activations ``a_i ~ p(a | y_i)`` drawn from the teacher's distribut
 with Adam on ``z`` from ``z ~ N(0, 1)``, where ``f_T`` is the teacher's penultimate map and
 ``TV`` the mean absolute difference of neighbouring pixels (the light image prior). ``match`` is
 
-- ``"cosine"``: ``1 - cos(f_T(x), a)``, for the sphere family (its samples are directions);
+- ``"cosine"``: ``1 - cos(f_T(x), a)``, for families whose samples are directions (the sphere);
 - ``"mse"``: ``||f_T(x) - a||^2 / D``, for families whose samples live where activations live
   (the rectified family);
 - ``"log_prob"``: ``-log p(f_T(x) | y) / D``, the negative log-density of the class itself
@@ -20,19 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import ClassConditionalDistribution
-from ..distribution import PenultimateDistribution
+from ..families import ClassConditionalDistribution
 
 MATCH_LOSSES = ("auto", "cosine", "mse", "log_prob")
 
 
 def resolve_match(match: str, distribution: ClassConditionalDistribution) -> str:
-    """``"auto"`` is ``"cosine"`` for the sphere family and ``"mse"`` for any other family."""
+    """``"auto"`` is the family's own ``default_match``."""
     if match not in MATCH_LOSSES:
         raise ValueError(f"match must be one of {MATCH_LOSSES}, got {match!r}")
-    if match == "auto":
-        return "cosine" if isinstance(distribution, PenultimateDistribution) else "mse"
-    return match
+    return distribution.default_match if match == "auto" else match
 
 
 def total_variation(images: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from ..base import ClassConditionalDistribution
+from ..families import ClassConditionalDistribution
 from .synthesis import resolve_match, synthesize_inputs
 
 METHOD_PARTS = ("kd", "synth", "weighted")

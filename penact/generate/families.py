@@ -1,21 +1,20 @@
-"""The teacher's distribution as a latent space: what the generators need from each family.
+"""The teacher's distribution as a latent space: what the generators need from a family.
 
 A :class:`LatentSpace` wraps the fitted class-conditional distribution ``p(a | y)`` of a teacher's
-penultimate activations (sphere or rectified) and gives:
+penultimate activations (any registered family, through its protocol) and gives:
 
 - ``prior_sample(labels)``: activations drawn from the teacher's distribution of each class;
 - ``embed(features)``: the teacher's own activation of an image, placed on the family's support
-  (the sphere family models ``r a / ||a||``; the rectified family the raw ReLU output);
-- ``posterior(features, correction)``: a reparameterizable posterior in the same space for a VAE
-  encoder, centred on the teacher's reading of the image plus a learned correction (a von
-  Mises-Fisher on the sphere; a rectified distribution with per-row natural parameters and the
-  teacher's scale and zero mass), with the closed-form KL to a class of the teacher
-  (labelled mode), to the classes weighted by the teacher's reading of the image (label-free,
-  joint latent) and its log-density for the Monte Carlo KL to the class mixture;
+  (``support``: the sphere family models ``r a / ||a||``; the rectified family the raw ReLU output);
+- ``posterior(features, correction)``: a reparameterizable posterior in the same family for a VAE
+  encoder, the family's distribution with one weight row per image (``centred_weight``: centred
+  on the teacher's reading of the image plus a learned correction), with the closed-form KL to a
+  class of the teacher (labelled mode), to the classes weighted by the teacher's reading of the
+  image (label-free, joint latent), and its log-density for the Monte Carlo KL to the class mixture;
 - ``class_log_posterior(features)``: the teacher's class reading of an image;
 - ``normalize(a)``: the network input, the direction of ``a`` scaled to norm ``sqrt(D)`` (unit-size
   coordinates whatever the radius or scale the teacher fitted; for the rectified family this
-  drops the norm: the networks of both families see directions).
+  drops the norm: the networks of every family see directions).
 """
 from __future__ import annotations
 
@@ -24,41 +23,24 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import kl_divergence
 
-from ..base import ClassConditionalDistribution
-from ..distribution import PenultimateDistribution
-from ..distributions import VonMisesFisher
-from ..rectified import RectifiedDistribution
+from ..families import ClassConditionalDistribution, family_names
 
-FAMILIES = ("sphere", "rectified")
+FAMILIES = family_names()
 
 
 class LatentSpace:
     """The latent space of one family, defined by the teacher's fitted ``distribution``.
 
     Args:
-        distribution: a fitted :class:`PenultimateDistribution` or :class:`RectifiedDistribution`
-            (its parameters are detached: the generators never train the teacher).
+        distribution: a fitted family (its ``latent_prior()`` is used: parameters detached, the
+            generators never train the teacher).
     """
 
     def __init__(self, distribution: ClassConditionalDistribution):
-        if isinstance(distribution, PenultimateDistribution):
-            self.family = "sphere"
-            self.distribution = PenultimateDistribution(distribution.weight.detach(), distribution.bias.detach(),
-                                                        distribution.radius)
-            self.posterior_size = distribution.dim + 1  # a direction and a concentration
-        elif isinstance(distribution, RectifiedDistribution):
-            self.family = "rectified"
-            # A unit never zero in the fit data has zero_mass 0, and a generated image's zero there would
-            # have log-density -inf: P(a_j = 0) is floored at about 1e-6 instead (m_j >= 1e-6 s_j).
-            scale = distribution.scale.detach()
-            self.distribution = RectifiedDistribution(distribution.weight.detach(), distribution.bias.detach(), scale,
-                                                      torch.maximum(distribution.zero_mass.detach(), 1e-6 * scale))
-            self.posterior_size = distribution.dim  # natural parameters
-        else:
-            raise TypeError(f"distribution must be a PenultimateDistribution or a RectifiedDistribution, "
-                            f"got {type(distribution).__name__}")
+        self.family = distribution.name
+        self.distribution = distribution.latent_prior()
+        self.posterior_size = self.distribution.centred_weight_size
 
     @property
     def dim(self) -> int:
@@ -73,9 +55,7 @@ class LatentSpace:
 
     def embed(self, features: Tensor) -> Tensor:
         """The teacher's activations ``[N, D]`` of real images, on the family's support."""
-        if self.family == "sphere":
-            return self.distribution.radius * F.normalize(features, dim=1)
-        return features
+        return self.distribution.support(features)
 
     def prior_sample(self, labels: Tensor, generator: torch.Generator) -> Tensor:
         """``a_i ~ p(a | labels[i])``, ``[N, D]`` (no gradient), seeded from ``generator``."""
@@ -100,41 +80,44 @@ class LatentSpace:
         if correction.dim() != 2 or correction.shape != (features.shape[0], self.posterior_size):
             raise ValueError(f"correction must have shape [N, {self.posterior_size}] = "
                              f"[{features.shape[0]}, {self.posterior_size}], got {tuple(correction.shape)}")
-        if self.family == "sphere":
-            return SpherePosterior(self, F.normalize(features, dim=1) + correction[:, :-1], correction[:, -1])
-        # The natural parameter whose truncated normal is centred at a: a / s^2, with t = s w = a / s
-        # capped at 30 (a unit the fit found dead has a tiny scale; an activation there would overflow).
-        scale = self.distribution.scale
-        return RectifiedPosterior(self, (features / scale).clamp(max=30.0) / scale + correction)
+        weight = self.distribution.centred_weight(self.embed(features), correction)
+        return Posterior(self, self.distribution.with_weight(weight))
 
 
 class Posterior:
-    """A batch of per-row posteriors ``q(a | x_i)``."""
+    """A batch of per-row posteriors ``q(a | x_i)``: the family's distribution with one weight row,
+    i.e. one "class", per image (``rows``)."""
 
-    def rsample(self, generator: torch.Generator) -> Tensor:
-        """One reparameterized draw per row, ``[N, D]``."""
-        raise NotImplementedError
-
-    def log_prob(self, a: Tensor) -> Tensor:
-        """``log q(a_i | x_i)``, ``[N]``, in the measure of the teacher's ``log_prob``."""
-        raise NotImplementedError
-
-    def kl_to_class(self, labels: Tensor) -> Tensor:
-        """``KL(q(. | x_i) || p(. | labels[i]))`` in closed form, ``[N]``."""
-        raise NotImplementedError
+    def __init__(self, space: LatentSpace, rows: ClassConditionalDistribution):
+        self.space = space
+        self.dist = rows
+        self.rows = torch.arange(rows.num_classes, device=rows.weight.device)
 
     @property
     def batch_size(self) -> int:
-        raise NotImplementedError
+        return self.rows.shape[0]
 
     def repeat(self, times: int) -> "Posterior":
         """The rows repeated ``times`` times (row ``k N + i`` is row ``i``)."""
-        raise NotImplementedError
+        return Posterior(self.space, self.dist.with_weight(self.dist.weight.repeat(times, 1)))
+
+    def rsample(self, generator: torch.Generator) -> Tensor:
+        """One reparameterized draw per row, ``[N, D]``."""
+        return self.dist.rsample(self.rows, generator=generator)
+
+    def log_prob(self, a: Tensor) -> Tensor:
+        """``log q(a_i | x_i)``, ``[N]``, in the measure of the teacher's ``log_prob``."""
+        return self.dist.log_prob(a, self.rows)
+
+    def kl_to_class(self, labels: Tensor) -> Tensor:
+        """``KL(q(. | x_i) || p(. | labels[i]))`` in closed form, ``[N]``."""
+        prior = self.space.distribution
+        return self.dist.kl(prior.with_weight(prior.weight[labels]))
 
     def kl_to_classes(self) -> Tensor:
         """``KL(q(. | x_i) || p(. | c))`` for every class, ``[N, C]`` (the rows repeated per class)."""
         rows, classes = self.batch_size, self.space.num_classes
-        labels = torch.arange(classes, device=self.space.distribution.weight.device).repeat_interleave(rows)
+        labels = torch.arange(classes, device=self.rows.device).repeat_interleave(rows)
         return self.repeat(classes).kl_to_class(labels).view(classes, rows).T
 
     def kl(self, a: Tensor, labels: Tensor | None, class_posterior: Tensor | None = None, *,
@@ -160,65 +143,6 @@ class Posterior:
         log_q = torch.log(class_posterior.clamp_min(torch.finfo(class_posterior.dtype).tiny))
         class_kl = (class_posterior * (log_q - self.space.distribution.log_prior)).sum(dim=1)
         return class_kl + (class_posterior * self.kl_to_classes()).sum(dim=1)
-
-
-class SpherePosterior(Posterior):
-    """``u ~ vMF(normalize(direction), kappa)``, ``a = r u``, with ``kappa`` the teacher's mean
-    concentration times ``softplus(log_kappa) / log 2`` (1 at ``log_kappa = 0``)."""
-
-    def __init__(self, space: LatentSpace, direction: Tensor, log_kappa: Tensor):
-        self.space = space
-        mean_kappa = float(space.distribution.kappa.mean())
-        concentration = F.softplus(log_kappa) * (mean_kappa / math.log(2.0)) + 1e-3
-        self.vmf = VonMisesFisher(F.normalize(direction, dim=1), concentration, validate_args=False)
-
-    @property
-    def batch_size(self) -> int:
-        return self.vmf.loc.shape[0]
-
-    def repeat(self, times: int) -> "SpherePosterior":
-        new = SpherePosterior.__new__(SpherePosterior)
-        new.space = self.space
-        new.vmf = VonMisesFisher(self.vmf.loc.repeat(times, 1), self.vmf.concentration.repeat(times),
-                                 validate_args=False)
-        return new
-
-    def rsample(self, generator: torch.Generator) -> Tensor:
-        return self.space.distribution.radius * self.vmf.rsample(generator=generator)
-
-    def log_prob(self, a: Tensor) -> Tensor:
-        return self.vmf.log_prob(a)
-
-    def kl_to_class(self, labels: Tensor) -> Tensor:
-        return kl_divergence(self.vmf, self.space.distribution.component(labels))
-
-
-class RectifiedPosterior(Posterior):
-    """``q(a | x_i)``: the rectified distribution with natural parameters ``natural[i]`` and the teacher's
-    scale and zero mass, an exponential family shared with the prior (closed-form KL)."""
-
-    def __init__(self, space: LatentSpace, natural: Tensor):
-        self.space = space
-        dist = space.distribution
-        self.rows = torch.arange(natural.shape[0], device=natural.device)
-        self.dist = RectifiedDistribution(natural, None, dist.scale, dist.zero_mass)
-
-    @property
-    def batch_size(self) -> int:
-        return self.rows.shape[0]
-
-    def repeat(self, times: int) -> "RectifiedPosterior":
-        return RectifiedPosterior(self.space, self.dist.weight.repeat(times, 1))
-
-    def rsample(self, generator: torch.Generator) -> Tensor:
-        return self.dist.rsample(self.rows, generator=generator)
-
-    def log_prob(self, a: Tensor) -> Tensor:
-        return self.dist.log_prob(a, self.rows)
-
-    def kl_to_class(self, labels: Tensor) -> Tensor:
-        prior = self.space.distribution
-        return self.dist.kl(RectifiedDistribution(prior.weight[labels], None, prior.scale, prior.zero_mass))
 
 
 def frozen(module: nn.Module) -> nn.Module:

@@ -1,17 +1,17 @@
-"""Differentiable sampling of the sphere family (SPEC section 3, "Gradients of samples"): typed
-wrappers over ``torch.ops.penact.vmf_cosine_kappa_grad``, ``torch.ops.penact.vmf_rsample`` and
-``torch.ops.penact.vmf_rsample_backward`` (schemas in ``csrc/rsample_ops.cpp``), their fake kernels
-and the backward of ``vmf_rsample``.
+"""The sphere (von Mises-Fisher) family's operators: the log-normalizer, the fused sampler and
+labelled log-density (with backward), the all-classes log-density, and differentiable sampling;
+typed wrappers over ``torch.ops.penact.vmf_*`` (schemas and argument checks in ``csrc/vmf.cpp``),
+their fake kernels for ``torch.compile`` and their backward passes.
 
-The method. A draw is ``u = t mu + sqrt(1 - t^2) v``, with the cosine ``t`` from Wood's step and
-``v`` a unit vector orthogonal to ``mu``. The forward is the fused sampler, unchanged. The
-backward recovers ``t = u . mu``, ``s v = u - t mu`` (``s = sqrt(1 - t^2)``) from the draw and
-differentiates
+Differentiable sampling (``vmf_rsample``; docs/model.md, "Gradients of samples"). A draw is
+``u = t mu + sqrt(1 - t^2) v``, with the cosine ``t`` from Wood's step and ``v`` a unit vector
+orthogonal to ``mu``. The forward is the fused sampler, unchanged. The backward recovers
+``t = u . mu``, ``s v = u - t mu`` (``s = sqrt(1 - t^2)``) from the draw and differentiates
 
 - in ``kappa`` by implicit reparameterization (Figurnov, Mohamed and Mnih 2018): ``t`` moves with
   its CDF value held fixed, ``dt/dkappa = -(dF/dkappa)(t) / p(t)`` (``vmf_cosine_kappa_grad``), so
   ``du/dkappa = (dt/dkappa) (mu - t v / s)``. Differentiating through the accepted proposal of the
-  rejection sampler instead is biased (SPEC: 0.128 instead of 0.147 for ``d/dkappa E[t]`` at
+  rejection sampler instead is biased (0.128 instead of 0.147 for ``d/dkappa E[t]`` at
   ``D = 5``, ``kappa = 2``);
 - in ``mu`` through the projection that makes ``v``: ``v = normalize(g - (g . mu) mu)``, with ``g``
   replaced by its part ``v`` orthogonal to ``mu``, which the draw determines:
@@ -30,12 +30,153 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (loading the library registers torch.ops.penact)
-from ._ops import _as_int64
+from ._library import as_int64, library
+from .special import bessel_iv_ratio
 
-_ops = torch.ops.penact
+__all__ = ["vmf_log_normalizer", "vmf_mean_resultant", "vmf_sample", "vmf_log_prob", "vmf_log_prob_all",
+           "vmf_cosine_kappa_grad", "vmf_rsample", "vmf_rsample_backward"]
 
-__all__ = ["vmf_cosine_kappa_grad", "vmf_rsample", "vmf_rsample_backward"]
+
+def vmf_log_normalizer(dim: int, kappa: Tensor) -> Tensor:
+    r"""``log C_D(kappa)`` for the von Mises-Fisher density on the unit sphere ``S^{D-1}`` w.r.t.
+    its uniform surface measure: ``(D/2-1) log k - (D/2) log(2 pi) - log I_{D/2-1}(k)``,
+    and ``log Gamma(D/2) - log 2 - (D/2) log pi`` at ``k = 0``. ``kappa: [...]``, ``dim >= 2``.
+    Differentiable in ``kappa``: ``d/dk log C_D(k) = -A_D(k)``.
+    """
+    return library.vmf_log_normalizer.default(kappa, int(dim))
+
+
+def vmf_mean_resultant(dim: int, kappa: Tensor) -> Tensor:
+    r"""``A_D(kappa) = I_{D/2}(kappa) / I_{D/2-1}(kappa)``, the mean cosine ``E[mu . u]``."""
+    return bessel_iv_ratio(0.5 * dim - 1.0, kappa)
+
+
+def vmf_sample(mean_direction: Tensor, kappa: Tensor, labels: Tensor, radius: float, seed: int, offset: int,
+               dtype: torch.dtype | None = None) -> Tensor:
+    r"""Draws ``x_i = r u_i`` with ``u_i ~ vMF(mean_direction[labels[i]], kappa[labels[i]])``.
+
+    ``mean_direction: [C, D]`` unit rows, ``kappa: [C]`` finite and ``>= 0`` (a row with an invalid
+    concentration comes out NaN), ``labels: [N]`` in ``[0, C)``. Row ``i`` draws only from the
+    Philox stream ``(seed, offset + i)``. Returns ``[N, D]`` in ``dtype``: by default the dtype of
+    ``mean_direction``; float16 or bfloat16 with a float32 ``mean_direction`` (computed in float32,
+    rounded once on output). Not differentiable (the inputs are detached).
+    """
+    return library.vmf_sample.default(mean_direction.detach(), kappa.detach(), labels, float(radius),
+                                   as_int64(seed), int(offset), dtype=dtype)
+
+
+def vmf_log_prob(x: Tensor, weight: Tensor, log_normalizer: Tensor, labels: Tensor, radius: float) -> Tensor:
+    r"""``log p(x_i | y_i) = log_normalizer[y_i] + r w_{y_i} . x_i / ||x_i||``, ``[N]``.
+
+    ``x: [N, D]`` (evaluated at its direction; a zero row gives NaN), ``weight: [C, D]``,
+    ``log_normalizer: [C]``, ``labels: [N]``. Differentiable in ``x``, ``weight``, ``log_normalizer``.
+    """
+    return library.vmf_log_prob.default(x, weight, log_normalizer, labels, float(radius))
+
+
+def vmf_log_prob_all(x: Tensor, weight: Tensor, log_normalizer: Tensor, radius: float) -> Tensor:
+    r"""``[N, C]`` log-densities of every row under every class, through one matrix product."""
+    return library.vmf_log_prob_all.default(x, weight, log_normalizer, float(radius))
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake kernels: shapes and dtypes only, for torch.compile and meta tensors.
+
+
+@torch.library.register_fake("penact::vmf_log_normalizer")
+def _(kappa, dim):
+    return torch.empty_like(kappa)
+
+
+@torch.library.register_fake("penact::vmf_sample")
+def _(mean_direction, kappa, labels, radius, seed, offset, dtype=None):
+    return mean_direction.new_empty(labels.shape[0], mean_direction.shape[1], dtype=dtype)
+
+
+@torch.library.register_fake("penact::vmf_log_prob")
+def _(x, weight, log_normalizer, labels, radius):
+    return weight.new_empty(x.shape[0])
+
+
+@torch.library.register_fake("penact::vmf_log_prob_backward")
+def _(grad, x, weight, labels, radius, need_x_grad, need_weight_grad):
+    grad_x = torch.empty_like(x) if need_x_grad else x.new_empty(0)
+    grad_weight = torch.empty_like(weight) if need_weight_grad else weight.new_empty(0)
+    return grad_x, grad_weight
+
+
+@torch.library.register_fake("penact::vmf_log_prob_all")
+def _(x, weight, log_normalizer, radius):
+    return weight.new_empty(x.shape[0], weight.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward passes.
+
+
+def _setup_log_normalizer(ctx, inputs, output):
+    kappa, dim = inputs
+    ctx.dim = dim
+    ctx.save_for_backward(kappa)
+
+
+def _log_normalizer_backward(ctx, grad):
+    (kappa,) = ctx.saved_tensors
+    return -grad * vmf_mean_resultant(ctx.dim, kappa), None
+
+
+def _setup_log_prob(ctx, inputs, output):
+    x, weight, log_normalizer, labels, radius = inputs
+    ctx.radius = radius
+    ctx.num_classes = weight.shape[0]
+    ctx.save_for_backward(x, weight, labels)
+
+
+def _log_prob_backward(ctx, grad):
+    x, weight, labels = ctx.saved_tensors
+    need_x, need_weight, need_lognorm = ctx.needs_input_grad[:3]
+    grad_x, grad_weight = library.vmf_log_prob_backward.default(grad.contiguous(), x, weight, labels, ctx.radius,
+                                                             need_x, need_weight)
+    grad_lognorm = None
+    if need_lognorm:
+        grad_lognorm = grad.new_zeros(ctx.num_classes).index_add_(0, labels.long(), grad)
+    return (grad_x if need_x else None, grad_weight if need_weight else None, grad_lognorm, None, None)
+
+
+def _setup_log_prob_all(ctx, inputs, output):
+    x, weight, log_normalizer, radius = inputs
+    ctx.radius = radius
+    ctx.save_for_backward(x, weight, log_normalizer, output)
+
+
+def _log_prob_all_backward(ctx, grad):
+    # out_ij = L_j + s_i x_i . w_j with s_i = r / ||x_i||; with G = grad:
+    #   dL/dw = G^T (s x),  dL/dL_j = sum_i G_ij,
+    #   dL/dx_i = s_i (G W)_i - (sum_j G_ij (out_ij - L_j)) x_i / ||x_i||^2.
+    x, weight, log_normalizer, output = ctx.saved_tensors
+    xw = x.to(weight.dtype)
+    sumsq = xw.square().sum(dim=1, keepdim=True)
+    scale = ctx.radius / sumsq.sqrt()
+    grad_x = grad_weight = grad_lognorm = None
+    if ctx.needs_input_grad[0]:
+        radial = (grad * (output - log_normalizer)).sum(dim=1, keepdim=True)
+        grad_x = (scale * (grad @ weight) - radial * xw / sumsq).to(x.dtype)
+    if ctx.needs_input_grad[1]:
+        grad_weight = grad.t() @ (scale * xw)
+    if ctx.needs_input_grad[2]:
+        grad_lognorm = grad.sum(dim=0)
+    return grad_x, grad_weight, grad_lognorm, None
+
+
+torch.library.register_autograd("penact::vmf_log_normalizer", _log_normalizer_backward,
+                                setup_context=_setup_log_normalizer)
+torch.library.register_autograd("penact::vmf_log_prob", _log_prob_backward, setup_context=_setup_log_prob)
+torch.library.register_autograd("penact::vmf_log_prob_all", _log_prob_all_backward, setup_context=_setup_log_prob_all)
+
+
+# ---------------------------------------------------------------------------------------------
+# Differentiable sampling.
 
 
 def vmf_cosine_kappa_grad(dim: int, kappa: Tensor, t: Tensor, sine: Tensor) -> Tensor:
@@ -54,7 +195,7 @@ def vmf_cosine_kappa_grad(dim: int, kappa: Tensor, t: Tensor, sine: Tensor) -> T
     Not differentiable.
     """
     t, sine, kappa = torch.broadcast_tensors(t, sine, torch.as_tensor(kappa, dtype=t.dtype, device=t.device))
-    return _ops.vmf_cosine_kappa_grad.default(t, sine, kappa, int(dim))
+    return library.vmf_cosine_kappa_grad.default(t, sine, kappa, int(dim))
 
 
 def vmf_rsample(mean_direction: Tensor, kappa: Tensor, labels: Tensor, radius: float, seed: int,
@@ -64,7 +205,7 @@ def vmf_rsample(mean_direction: Tensor, kappa: Tensor, labels: Tensor, radius: f
     method). The values are exactly :func:`penact.ops.vmf_sample`'s for the same arguments (row
     ``i`` draws from the Philox stream ``(seed, offset + i)``). Returns ``[N, D]``.
     """
-    return _ops.vmf_rsample.default(mean_direction, kappa, labels, float(radius), _as_int64(seed), int(offset))
+    return library.vmf_rsample.default(mean_direction, kappa, labels, float(radius), as_int64(seed), int(offset))
 
 
 @torch.library.register_fake("penact::vmf_cosine_kappa_grad")
@@ -110,7 +251,7 @@ def vmf_rsample_backward(grad: Tensor, sample: Tensor, mean_direction: Tensor, k
     returned as ``None``.
     """
     if sample.device.type == "cpu":
-        grad_mu, grad_kappa = _ops.vmf_rsample_backward.default(grad, sample, mean_direction, kappa, labels,
+        grad_mu, grad_kappa = library.vmf_rsample_backward.default(grad, sample, mean_direction, kappa, labels,
                                                                 float(radius), need_mean_direction_grad,
                                                                 need_kappa_grad)
         return (grad_mu if need_mean_direction_grad else None, grad_kappa if need_kappa_grad else None)

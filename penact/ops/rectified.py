@@ -1,14 +1,13 @@
-"""Typed wrappers over the rectified-family operators ``torch.ops.penact.rectified_*`` (SPEC
-section 2b), their fake (meta) kernels for ``torch.compile``, and their backward passes.
+"""The rectified family's operators (docs/model.md, "The rectified family"): typed wrappers over
+``torch.ops.penact.rectified_*`` (schemas and argument checks in ``csrc/rectified.cpp``), their fake
+kernels for ``torch.compile``, and their backward passes.
 
 Per coordinate ``j``, with ``scale s_j > 0`` and ``zero_mass m_j >= 0``, and ``t = s_j w_yj``:
 
     log z(w; s, m) = log(m + s sqrt(2 pi) exp(t^2 / 2) Phi(t)),   log Z_y = sum_j log z(w_yj; s_j, m_j)
     log p(a | y)   = w_y . a - sum_{a_j > 0} a_j^2 / (2 s_j^2) + sum_{a_j = 0} log m_j - log Z_y
 
-(Lebesgue measure on the non-zero coordinates, counting measure at zero). Bad shapes, dtypes,
-devices or values raise ``RuntimeError`` naming the argument (checked once, in
-``csrc/rectified_ops.cpp``).
+(Lebesgue measure on the non-zero coordinates, counting measure at zero).
 
 Differentiable sampling (``rectified_rsample``): the forward is ``rectified_sample``, unchanged. The
 backward differentiates each non-zero coordinate by implicit reparameterization of its mixed CDF
@@ -31,10 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (loading the library registers torch.ops.penact)
-from ._ops import _as_int64
-
-_ops = torch.ops.penact
+from ._library import as_int64, library
 
 __all__ = [
     "rectified_log_partition",
@@ -55,7 +51,7 @@ def rectified_log_partition(weight: Tensor, scale: Tensor, zero_mass: Tensor) ->
     Differentiable in all three: ``d/dw_yj = E[a_j | y]``, ``d/ds_j = sum_y E[a_j^2 | y] / s_j^3``,
     ``d/dm_j = sum_y 1 / z(w_yj; s_j, m_j)``.
     """
-    return _ops.rectified_log_partition.default(weight, scale, zero_mass)
+    return library.rectified_log_partition.default(weight, scale, zero_mass)
 
 
 def rectified_coordinate_stats(weight: Tensor, scale: Tensor, zero_mass: Tensor) -> Tensor:
@@ -64,7 +60,7 @@ def rectified_coordinate_stats(weight: Tensor, scale: Tensor, zero_mass: Tensor)
     from products of continued-fraction tails, free of cancellation in the far tail). Not
     differentiable (the inputs are detached).
     """
-    return _ops.rectified_coordinate_stats.default(weight.detach(), scale.detach(), zero_mass.detach())
+    return library.rectified_coordinate_stats.default(weight.detach(), scale.detach(), zero_mass.detach())
 
 
 def rectified_sample(weight: Tensor, scale: Tensor, zero_mass: Tensor, labels: Tensor, seed: int,
@@ -75,8 +71,8 @@ def rectified_sample(weight: Tensor, scale: Tensor, zero_mass: Tensor, labels: T
     far out). ``labels: [N]`` in ``[0, C)``. Row ``i`` draws only from the Philox streams with
     counter ``offset + i`` (stream layout in ``csrc/core/rectified.h``). Not differentiable.
     """
-    return _ops.rectified_sample.default(weight.detach(), scale.detach(), zero_mass.detach(), labels,
-                                         _as_int64(seed), int(offset))
+    return library.rectified_sample.default(weight.detach(), scale.detach(), zero_mass.detach(), labels,
+                                         as_int64(seed), int(offset))
 
 
 def rectified_log_prob(a: Tensor, weight: Tensor, scale: Tensor, zero_mass: Tensor, log_partition: Tensor,
@@ -86,14 +82,14 @@ def rectified_log_prob(a: Tensor, weight: Tensor, scale: Tensor, zero_mass: Tens
     ``labels: [N]``. Differentiable in ``a``, ``weight``, ``scale``, ``zero_mass`` and
     ``log_partition``; at ``a_j = 0`` the derivative in ``a_j`` is the one-sided ``w_yj``.
     """
-    return _ops.rectified_log_prob.default(a, weight, scale, zero_mass, log_partition, labels)
+    return library.rectified_log_prob.default(a, weight, scale, zero_mass, log_partition, labels)
 
 
 def rectified_log_prob_all(a: Tensor, weight: Tensor, scale: Tensor, zero_mass: Tensor,
                            log_partition: Tensor) -> Tensor:
     r"""``[N, C]`` log-densities of every row under every class: one matrix product ``a W^T``, then
     the row's base-measure term and ``-log Z_c``. Differentiable like ``rectified_log_prob``."""
-    return _ops.rectified_log_prob_all.default(a, weight, scale, zero_mass, log_partition)
+    return library.rectified_log_prob_all.default(a, weight, scale, zero_mass, log_partition)
 
 
 def rectified_rsample(weight: Tensor, scale: Tensor, zero_mass: Tensor, labels: Tensor, seed: int,
@@ -104,7 +100,7 @@ def rectified_rsample(weight: Tensor, scale: Tensor, zero_mass: Tensor, labels: 
     are computed in float64 and summed over the rows of each class (weight) or over all rows (scale,
     zero_mass). Second derivatives raise ``NotImplementedError``.
     """
-    return _ops.rectified_rsample.default(weight, scale, zero_mass, labels, _as_int64(seed), int(offset))
+    return library.rectified_rsample.default(weight, scale, zero_mass, labels, as_int64(seed), int(offset))
 
 
 def rectified_mean(weight: Tensor, scale: Tensor, zero_mass: Tensor) -> Tensor:
@@ -116,7 +112,7 @@ def rectified_mean(weight: Tensor, scale: Tensor, zero_mass: Tensor) -> Tensor:
     2 E[a])`` (integration by parts) lose about ``t^2`` ulps where ``|t| = |s w|`` is large
     (relative error ~1e-13 at ``|t| = 30``).
     """
-    return _ops.rectified_mean.default(weight, scale, zero_mass)
+    return library.rectified_mean.default(weight, scale, zero_mass)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +201,7 @@ def _setup_log_prob(ctx, inputs, output):
 def _log_prob_backward(ctx, grad):
     a, weight, scale, zero_mass, labels = ctx.saved_tensors
     need = ctx.needs_input_grad
-    grad_a, grad_weight, grad_scale, grad_zero_mass = _ops.rectified_log_prob_backward.default(
+    grad_a, grad_weight, grad_scale, grad_zero_mass = library.rectified_log_prob_backward.default(
         grad.contiguous(), a, weight, scale, zero_mass, labels, need[0], need[1], need[2], need[3])
     grad_log_partition = None
     if need[4]:
@@ -257,7 +253,7 @@ torch.library.register_autograd("penact::rectified_log_prob_all", _log_prob_all_
 @torch.library.custom_op("penact::rectified_rsample", mutates_args=())
 def _rectified_rsample(weight: Tensor, scale: Tensor, zero_mass: Tensor, labels: Tensor, seed: int,
                        offset: int) -> Tensor:
-    return _ops.rectified_sample.default(weight, scale, zero_mass, labels, seed, offset)
+    return library.rectified_sample.default(weight, scale, zero_mass, labels, seed, offset)
 
 
 @_rectified_rsample.register_fake
@@ -303,7 +299,7 @@ def _(grad, sample, weight, scale, zero_mass, labels):
 
 @torch.library.custom_op("penact::rectified_mean", mutates_args=())
 def _rectified_mean(weight: Tensor, scale: Tensor, zero_mass: Tensor) -> Tensor:
-    return _ops.rectified_coordinate_stats.default(weight, scale, zero_mass)[2].clone()
+    return library.rectified_coordinate_stats.default(weight, scale, zero_mass)[2].clone()
 
 
 @_rectified_mean.register_fake
@@ -339,7 +335,7 @@ def _setup_rsample(ctx, inputs, output):
 def _rsample_backward(ctx, grad):
     weight, scale, zero_mass, labels, sample = ctx.saved_tensors
     need = ctx.needs_input_grad
-    grads = _ops.rectified_rsample_backward.default(grad, sample, weight, scale, zero_mass, labels)
+    grads = library.rectified_rsample_backward.default(grad, sample, weight, scale, zero_mass, labels)
     return tuple(g if needed else None for g, needed in zip(grads, need[:3])) + (None, None, None)
 
 
@@ -348,7 +344,7 @@ def _setup_mean(ctx, inputs, output):
 
 
 def _mean_backward(ctx, grad):
-    grads = _ops.rectified_mean_backward.default(grad, *ctx.saved_tensors)
+    grads = library.rectified_mean_backward.default(grad, *ctx.saved_tensors)
     return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
 
 

@@ -1,4 +1,4 @@
-"""The sphere (von Mises-Fisher) family of a classifier's penultimate activations (SPEC section 2).
+"""The sphere (von Mises-Fisher) family of a classifier's penultimate activations (docs/model.md).
 
 For a final layer ``z = W a + b`` and a radius ``r``, class ``y`` has on the sphere ``||x|| = r``
 
@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _ops as ops
-from ._random import resolve_seed
+from .. import ops
+from .._random import resolve_seed
+from ..distributions import VonMisesFisher
 from .base import ClassConditionalDistribution, checked_layer
-from .distributions import VonMisesFisher
+from .registry import register_family
 
 
 def _check_radius(radius) -> float:
@@ -27,32 +29,38 @@ def _check_radius(radius) -> float:
     return radius
 
 
-class PenultimateDistribution(ClassConditionalDistribution):
-    """The von Mises-Fisher GD pair of a final linear layer.
+@register_family
+class SphereDistribution(ClassConditionalDistribution):
+    """The von Mises-Fisher GD pair of a final linear layer (also exported as
+    ``penact.PenultimateDistribution``, its first name).
 
     Args:
         weight: ``[C, D]`` (``nn.Linear.weight``), float32 or float64, finite, ``D >= 2``.
         bias: ``[C]`` or None (zeros).
         radius: ``r > 0``, the norm at which activations are modeled.
+        validate_args: check that weight and bias are finite (a check that synchronizes with a GPU).
 
     Raises:
         ValueError: bad shapes, dtypes, non-finite parameters or a non-positive radius.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None, radius: float = 1.0):
-        self.weight, self.bias = checked_layer(weight, bias, min_dim=2)
+    name = "sphere"
+    default_match = "cosine"  # samples are directions: match the direction of an activation
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, radius: float = 1.0, validate_args: bool = True):
+        self.weight, self.bias = checked_layer(weight, bias, min_dim=2, validate_args=validate_args)
         self.radius = _check_radius(radius)
 
     # -- constructors --------------------------------------------------------------------------
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, radius: float = 1.0) -> "PenultimateDistribution":
+    def from_linear(cls, linear: nn.Linear, radius: float = 1.0) -> "SphereDistribution":
         """The distribution of ``linear`` (its parameters are used as they are, with autograd)."""
         return cls(linear.weight, linear.bias, radius)
 
     @classmethod
     def fit(cls, linear: nn.Linear, activations: Tensor, labels: Tensor | None = None,
-            radius: str | float = "mle") -> "PenultimateDistribution":
+            radius: str | float = "mle") -> "SphereDistribution":
         """Fits the radius to real activations ``[N, D]`` of the layer's input.
 
         ``radius="norm"``: the mean ``||a||``. ``radius="mle"``: the maximum-likelihood radius,
@@ -81,6 +89,12 @@ class PenultimateDistribution(ClassConditionalDistribution):
             raise ValueError(f"radius must be 'mle', 'norm' or a positive number, got {radius!r}")
         return cls(linear.weight, linear.bias, radius)
 
+    def detach(self) -> "SphereDistribution":
+        return SphereDistribution(self.weight.detach(), self.bias.detach(), self.radius)
+
+    def with_weight(self, weight: Tensor, bias: Tensor | None = None) -> "SphereDistribution":
+        return SphereDistribution(weight, bias, self.radius, validate_args=False)
+
     # -- parameters ----------------------------------------------------------------------------
 
     @property
@@ -99,40 +113,33 @@ class PenultimateDistribution(ClassConditionalDistribution):
 
     @property
     def log_normalizer(self) -> Tensor:
-        """``log C_D(kappa_y)``, ``[C]``."""
+        """``log C_D(kappa_y)``, ``[C]``: the vMF normalizing constant, ``-log_partition``."""
         return ops.vmf_log_normalizer(self.dim, self.kappa)
 
     @property
-    def log_prior(self) -> Tensor:
-        """``log p(y) = b_y - log C_D(kappa_y) - log Z``, ``[C]``."""
-        return torch.log_softmax(self.bias - self.log_normalizer, dim=0)
+    def log_partition(self) -> Tensor:
+        """``log Z_y = -log C_D(kappa_y)``, ``[C]`` (w.r.t. the uniform measure on the sphere ``||x|| = r``)."""
+        return -self.log_normalizer
+
+    def support(self, activations: Tensor) -> Tensor:
+        """``r a / ||a||``: the sphere family models directions."""
+        return self.radius * torch.nn.functional.normalize(activations, dim=1)
 
     # -- sampling and densities ----------------------------------------------------------------
 
-    def sample(self, labels: Tensor, seed: int | None = None, offset: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
-        """Draws ``x_i ~ p(x | labels[i])`` on the sphere of radius r, ``[N, D]``.
-
-        Row ``i`` depends only on ``(seed, offset + i, labels[i])`` and the parameters (SPEC
-        section 4). With ``seed=None`` a fresh seed comes from ``generator`` (``torch.manual_seed``).
-        """
-        seed, offset = resolve_seed(seed, offset, generator)
-        with torch.no_grad():
-            return ops.vmf_sample(self.mean_direction, self.kappa, labels, self.radius, seed, offset)
-
     def rsample(self, labels: Tensor, seed: int | None = None, offset: int | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        """:meth:`sample` (the same values for the same seed), differentiable in ``weight`` through
-        ``kappa`` and ``mean_direction``: implicit reparameterization of the cosine ``t = mu . u`` for
-        the concentration, the projection that makes the direction for ``mu`` (SPEC section 3,
-        :mod:`penact._rsample_ops`). ``[N, D]``.
+        """Draws ``x_i ~ p(x | labels[i])`` on the sphere of radius r, ``[N, D]`` (:meth:`sample`'s
+        values), differentiable in ``weight`` through ``kappa`` and ``mean_direction``: implicit
+        reparameterization of the cosine ``t = mu . u`` for the concentration, the projection that
+        makes the direction for ``mu`` (:mod:`penact.ops.vmf`).
         """
         seed, offset = resolve_seed(seed, offset, generator)
         return ops.vmf_rsample(self.mean_direction, self.kappa, labels, self.radius, seed, offset)
 
     def component(self, y) -> VonMisesFisher:
         """The class-``y`` distribution of the direction ``u = x / r`` as a
-        :class:`penact.distributions.VonMisesFisher` (``loc = mu_y``, ``concentration = kappa_y``),
+        :class:`penact.VonMisesFisher` (``loc = mu_y``, ``concentration = kappa_y``),
         differentiable in ``weight``. ``y``: an int, or an integer tensor whose shape becomes the
         batch shape."""
         return VonMisesFisher(self.mean_direction[y], self.kappa[y])
@@ -145,7 +152,11 @@ class PenultimateDistribution(ClassConditionalDistribution):
         """``log p(x_i | c)`` for every class, ``[N, C]`` (one matrix product)."""
         return ops.vmf_log_prob_all(x, self.weight, self.log_normalizer, self.radius)
 
-    # -- closed forms --------------------------------------------------------------------------
+    # -- closed forms: those of the drop-in VonMisesFisher, per class -----------------------------
+
+    def _components(self) -> VonMisesFisher:
+        """Every class's :meth:`component` as one batch of shape ``[C]``."""
+        return VonMisesFisher(self.mean_direction, self.kappa, validate_args=False)
 
     @property
     def mean_resultant(self) -> Tensor:
@@ -154,24 +165,39 @@ class PenultimateDistribution(ClassConditionalDistribution):
 
     def mean(self) -> Tensor:
         """``E[x | y] = r A_D(kappa_y) mu_y``, ``[C, D]``."""
-        return self.radius * self.mean_resultant[:, None] * self.mean_direction
+        return self.radius * self._components().mean
 
     def entropy(self) -> Tensor:
         """Differential entropy of ``u = x / r`` per class w.r.t. the uniform surface measure of the
         unit sphere: ``-log C_D(kappa) - kappa A_D(kappa)``, ``[C]``."""
-        return -self.log_normalizer - self.kappa * self.mean_resultant
+        return self._components().entropy()
 
-    def kl(self, other: "PenultimateDistribution") -> Tensor:
+    def kl(self, other: "SphereDistribution") -> Tensor:
         """``KL(p(. | y) || other(. | y))`` per class for directions ``u``, ``[C]``:
-        ``log C_D(k1) - log C_D(k2) + A_D(k1) (k1 - k2 mu2 . mu1)``."""
-        if other.weight.shape != self.weight.shape:
-            raise ValueError(f"other must have weight of shape {tuple(self.weight.shape)}, got {tuple(other.weight.shape)}")
-        cosine = (self.mean_direction * other.mean_direction).sum(dim=1)
-        return (self.log_normalizer - other.log_normalizer
-                + self.mean_resultant * (self.kappa - other.kappa * cosine))
+        ``log C_D(k1) - log C_D(k2) + A_D(k1) (k1 - k2 mu2 . mu1)`` (in the drop-in's form without
+        cancellation for close directions)."""
+        if not isinstance(other, SphereDistribution) or other.weight.shape != self.weight.shape:
+            raise ValueError(f"other must be a SphereDistribution with weight of shape {tuple(self.weight.shape)}, "
+                             f"got {other!r}")
+        return torch.distributions.kl_divergence(self._components(), other._components())
+
+    # -- generator transfer --------------------------------------------------------------------
+
+    @property
+    def centred_weight_size(self) -> int:
+        return self.dim + 1  # a change of direction and a log-concentration
+
+    def centred_weight(self, activations: Tensor, correction: Tensor) -> Tensor:
+        """The vMF centred on each activation's direction moved by ``correction[:, :D]``, with
+        concentration the classes' mean ``kappa`` times ``softplus(correction[:, D]) / log 2`` (1 at
+        zero), plus 1e-3 (never exactly uniform): ``weight = kappa mu / r``."""
+        direction = F.normalize(F.normalize(activations, dim=1) + correction[:, :-1], dim=1)
+        mean_kappa = self.kappa.detach().mean()
+        concentration = F.softplus(correction[:, -1]) * (mean_kappa / math.log(2.0)) + 1e-3
+        return (concentration / self.radius).unsqueeze(1) * direction
 
     def __repr__(self) -> str:
-        return (f"PenultimateDistribution(num_classes={self.num_classes}, dim={self.dim}, radius={self.radius:.6g}, "
+        return (f"SphereDistribution(num_classes={self.num_classes}, dim={self.dim}, radius={self.radius:.6g}, "
                 f"dtype={self.weight.dtype}, device={self.weight.device})")
 
 

@@ -1,4 +1,4 @@
-"""The rectified family of a classifier's penultimate activations (SPEC section 2b): raw ReLU
+"""The rectified family of a classifier's penultimate activations (docs/model.md): raw ReLU
 outputs, non-negative with exact zeros, modeled where they live.
 
 For a final layer ``z = W a + b`` and per-coordinate ``scale s_j > 0`` and ``zero_mass m_j >= 0``
@@ -19,13 +19,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import _rectified_ops as ops
-from ._random import resolve_seed
+from .. import ops
+from .._random import resolve_seed
 from .base import ClassConditionalDistribution, check_finite, checked_layer
+from .registry import register_family
 
 
-def _coordinate_parameter(name: str, value, weight: Tensor, allow_zero: bool) -> Tensor:
-    """A number or a ``[D]`` tensor, as a ``[D]`` tensor of weight's dtype and device."""
+def _coordinate_parameter(name: str, value, weight: Tensor, allow_zero: bool, validate_args: bool) -> Tensor:
+    """A number or a ``[D]`` tensor, as a ``[D]`` tensor of weight's dtype and device (its values
+    checked with ``validate_args``)."""
     dim = weight.shape[1]
     if isinstance(value, Tensor):
         if value.shape not in ((dim,), ()):
@@ -33,16 +35,17 @@ def _coordinate_parameter(name: str, value, weight: Tensor, allow_zero: bool) ->
         value = value.to(device=weight.device, dtype=weight.dtype).expand(dim)
     else:
         value = torch.full((dim,), float(value), dtype=weight.dtype, device=weight.device)
+    if not validate_args or torch.compiler.is_compiling():  # a data-dependent branch, like check_finite's
+        return value
     detached = value.detach()
     check_finite(name, detached)
-    if torch.compiler.is_compiling():  # a data-dependent branch: skipped like check_finite's
-        return value
     if not bool((detached >= 0).all() if allow_zero else (detached > 0).all()):
         raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, "
                          f"got a minimum of {float(detached.min()):.6g}")
     return value
 
 
+@register_family
 class RectifiedDistribution(ClassConditionalDistribution):
     """The rectified GD pair of a final linear layer.
 
@@ -52,16 +55,21 @@ class RectifiedDistribution(ClassConditionalDistribution):
         scale: ``s``, a positive number or ``[D]`` tensor: the width of the non-zero part.
         zero_mass: ``m``, a non-negative number or ``[D]`` tensor: the weight of the atom at zero
             (``m_j = 0``: coordinate ``j`` is never zero).
+        validate_args: check the values of every parameter (a check that synchronizes with a GPU).
 
     Raises:
         ValueError: bad shapes or dtypes, non-finite parameters, ``scale <= 0`` or ``zero_mass < 0``.
     """
 
+    name = "rectified"
+    default_match = "mse"  # samples live where raw activations live: match them coordinate by coordinate
+
     def __init__(self, weight: Tensor, bias: Tensor | None = None, scale: float | Tensor = 1.0,
-                 zero_mass: float | Tensor = 1.0):
-        self.weight, self.bias = checked_layer(weight, bias, min_dim=1)
-        self.scale = _coordinate_parameter("scale", scale, weight, allow_zero=False)
-        self.zero_mass = _coordinate_parameter("zero_mass", zero_mass, weight, allow_zero=True)
+                 zero_mass: float | Tensor = 1.0, validate_args: bool = True):
+        self.weight, self.bias = checked_layer(weight, bias, min_dim=1, validate_args=validate_args)
+        self.scale = _coordinate_parameter("scale", scale, weight, allow_zero=False, validate_args=validate_args)
+        self.zero_mass = _coordinate_parameter("zero_mass", zero_mass, weight, allow_zero=True,
+                                               validate_args=validate_args)
 
     # -- constructors --------------------------------------------------------------------------
 
@@ -115,6 +123,13 @@ class RectifiedDistribution(ClassConditionalDistribution):
         scale, zero_mass = _fit_coordinates(weight.double(), a, labels, max_iter)
         return cls(linear.weight, linear.bias, scale.to(weight.dtype), zero_mass.to(weight.dtype))
 
+    def detach(self) -> "RectifiedDistribution":
+        return RectifiedDistribution(self.weight.detach(), self.bias.detach(), self.scale.detach(),
+                                     self.zero_mass.detach())
+
+    def with_weight(self, weight: Tensor, bias: Tensor | None = None) -> "RectifiedDistribution":
+        return RectifiedDistribution(weight, bias, self.scale, self.zero_mass, validate_args=False)
+
     # -- parameters ----------------------------------------------------------------------------
 
     @property
@@ -122,30 +137,19 @@ class RectifiedDistribution(ClassConditionalDistribution):
         """``log Z_y``, ``[C]`` (differentiable in weight, scale and zero_mass)."""
         return ops.rectified_log_partition(self.weight, self.scale, self.zero_mass)
 
-    @property
-    def log_prior(self) -> Tensor:
-        """``log p(y) = b_y + log Z_y - logsumexp_k (b_k + log Z_k)``, ``[C]``."""
-        return torch.log_softmax(self.bias + self.log_partition, dim=0)
+    def support(self, activations: Tensor) -> Tensor:
+        """``a`` itself: the rectified family lives where ReLU activations live."""
+        return activations
 
     # -- sampling and densities ----------------------------------------------------------------
 
-    def sample(self, labels: Tensor, seed: int | None = None, offset: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
-        """Draws ``a_i ~ p(a | labels[i])``, ``[N, D]``, non-negative with exact zeros.
-
-        Row ``i`` depends only on ``(seed, offset + i, labels[i])`` and the parameters (SPEC
-        section 4). With ``seed=None`` a fresh seed comes from ``generator`` (``torch.manual_seed``).
-        """
-        seed, offset = resolve_seed(seed, offset, generator)
-        with torch.no_grad():
-            return ops.rectified_sample(self.weight, self.scale, self.zero_mass, labels, seed, offset)
-
     def rsample(self, labels: Tensor, seed: int | None = None, offset: int | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        """:meth:`sample` (the same values for the same seed), differentiable in ``weight``, ``scale``
-        and ``zero_mass`` by implicit reparameterization of each coordinate's mixed CDF
-        (:mod:`penact._rectified_ops`): unbiased for ``d/dtheta E[f(a)]`` when ``f`` is continuous at
-        0, not for ``f`` that sees the atom itself (such as ``1[a = 0]``). ``[N, D]``.
+        """Draws ``a_i ~ p(a | labels[i])``, ``[N, D]``, non-negative with exact zeros (:meth:`sample`'s
+        values), differentiable in ``weight``, ``scale`` and ``zero_mass`` by implicit
+        reparameterization of each coordinate's mixed CDF (:mod:`penact.ops.rectified`): unbiased for
+        ``d/dtheta E[f(a)]`` when ``f`` is continuous at 0, not for ``f`` that sees the atom itself
+        (such as ``1[a = 0]``).
         """
         seed, offset = resolve_seed(seed, offset, generator)
         return ops.rectified_rsample(self.weight, self.scale, self.zero_mass, labels, seed, offset)
@@ -192,11 +196,32 @@ class RectifiedDistribution(ClassConditionalDistribution):
         for name in ("scale", "zero_mass"):
             if torch.compiler.is_compiling():  # a data-dependent branch: skipped like check_finite's
                 break
-            if not torch.equal(getattr(self, name).detach(), getattr(other, name).detach()):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not theirs and not torch.equal(mine.detach(), theirs.detach()):
                 raise ValueError(f"other must have the same {name} (the KL in closed form needs a shared base "
                                  "measure)")
         return (((self.weight - other.weight) * self.mean()).sum(dim=1) - self.log_partition
                 + other.log_partition)
+
+    # -- generator transfer --------------------------------------------------------------------
+
+    @property
+    def centred_weight_size(self) -> int:
+        return self.dim  # natural parameters
+
+    def centred_weight(self, activations: Tensor, correction: Tensor) -> Tensor:
+        """The natural parameter whose truncated normals are centred at the activation, ``a / s^2``,
+        plus ``correction``; ``t = s w = a / s`` is capped at 30 (a unit the fit found dead has a
+        tiny scale: an activation there would overflow)."""
+        return (activations / self.scale).clamp(max=30.0) / self.scale + correction
+
+    def latent_prior(self) -> "RectifiedDistribution":
+        """:meth:`detach` with ``P(a_j = 0)`` floored at about 1e-6 (``m_j >= 1e-6 s_j``): a unit never
+        zero in the fit data has zero mass 0, and a generated activation's zero there would have
+        log-density -inf."""
+        scale = self.scale.detach()
+        return RectifiedDistribution(self.weight.detach(), self.bias.detach(), scale,
+                                     torch.maximum(self.zero_mass.detach(), 1e-6 * scale))
 
     def __repr__(self) -> str:
         return (f"RectifiedDistribution(num_classes={self.num_classes}, dim={self.dim}, "
