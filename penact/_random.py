@@ -1,4 +1,4 @@
-"""Seeds and offsets for penact's counter-based sampling (SPEC section 4).
+"""Seeds and offsets for penact's counter-based sampling (docs/randomness.md).
 
 A call with an explicit ``seed`` uses the Philox streams ``(seed, offset + i)`` for its rows
 ``i`` (``offset`` defaults to 0), so the same arguments always give the same samples. With
@@ -6,6 +6,8 @@ A call with an explicit ``seed`` uses the Philox streams ``(seed, offset + i)`` 
 so ``torch.manual_seed`` makes runs reproducible and consecutive calls never share a stream).
 """
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
@@ -25,3 +27,9 @@ def resolve_seed(seed: int | None, offset: int | None, generator: torch.Generato
     if offset < 0:
         raise ValueError(f"offset must be non-negative, got {offset}")
     return seed, offset
+
+
+def stream_seed(*parts) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (for stateless, resumable generators)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

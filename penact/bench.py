@@ -66,6 +66,7 @@ import torch
 
 import penact
 from penact import ops
+from penact.experiments import cpu_model, git
 from penact import reference
 
 OPS = ("sample", "log_prob", "log_prob_backward", "log_prob_all", "log_marginal",
@@ -1096,24 +1097,6 @@ def accuracy_sample(settings: Settings, mp) -> list[dict]:
 # Environment and output
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _git(*args: str) -> str | None:
-    root = Path(__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        return None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    return None
-
-
 def _extension_binary() -> dict | None:
     """Which compiled ``penact._C`` was measured: it is rebuilt in place, apart from the commit."""
     path = Path(penact._C.__file__) if hasattr(penact, "_C") else None
@@ -1139,19 +1122,19 @@ def environment(settings: Settings) -> dict:
     if "tfp-jax" in settings.peers and _peer_available("tfp-jax", settings) is None:
         jax, _, tfp = _tfp()[0]
         versions["jax"], versions["tfp"] = jax.__version__, tfp.__version__
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no")
     device = settings.device
     return dict(
         device=str(device),
-        device_name=(torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()),
-        cpu_model=_cpu_model(),
+        device_name=(torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()),
+        cpu_model=cpu_model(),
         cpu_count=os.cpu_count(),
         cpu_affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         torch_threads=torch.get_num_threads(),
         torch_interop_threads=torch.get_num_interop_threads(),
         platform=platform.platform(),
         versions=versions,
-        git_commit=_git("rev-parse", "HEAD"),
+        git_commit=git("rev-parse", "HEAD"),
         git_dirty=(bool(status) if status is not None else None),
         git_uncommitted=([line.split(None, 1)[-1] for line in status.splitlines()] if status else []),
         extension=_extension_binary(),

@@ -305,7 +305,7 @@ def _check_same_sphere(p: Distribution, q: Distribution) -> int:
 def _kl_vmf_vmf(p: VonMisesFisher, q: VonMisesFisher) -> Tensor:
     """``log C_D(k1) - log C_D(k2) + A_D(k1) (k1 - k2 mu2 . mu1)``, with
     ``k1 - k2 mu2 . mu1 = (k1 - k2) + k2 ||mu1 - mu2||^2 / 2``: no cancellation for close directions."""
-    dim = _check_same_sphere(p, q)
+    _check_same_sphere(p, q)
     half_chord2 = 0.5 * (p.loc - q.loc).square().sum(dim=-1)
     return (p.log_normalizer - q.log_normalizer
             + p.mean_resultant * ((p.concentration - q.concentration) + q.concentration * half_chord2))

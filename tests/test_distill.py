@@ -19,7 +19,7 @@ from penact.distill import (TRANSFER_SETS, DistillConfig, Distiller, corrupt, kd
                             synthesize_inputs, transfer_images)
 from penact.distill.grid import run_grid, summarize, write_report
 from penact.distill.trainer import RANK_OFFSET_STRIDE
-from penact.models import accuracy, student_cnn, teacher_cnn, train_classifier
+from penact.models import student_cnn, teacher_cnn, train_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add noise and time
 

@@ -19,49 +19,16 @@ import torch
 import torch.distributed as torch_dist
 from tqdm.auto import tqdm
 
-from ..families import ClassConditionalDistribution, get_family
+from ..families import ClassConditionalDistribution
 from ..data import load_digits_split
-from ..models import accuracy, student_cnn, teacher_cnn, train_classifier
-from .trainer import DistillConfig, Distiller, stream_seed, distributed_context, parse_method
+from ..models import accuracy, student_cnn
+from .._random import stream_seed
+from ..experiments import fit_distribution, prepare_teacher
+from .trainer import DistillConfig, Distiller, distributed_context, parse_method
 from .transfer import transfer_images
 
 TARGETS = {"partial": 0.90, "none": 0.90}
 CORRUPTED_MARGIN = 0.03
-
-
-def fit_distribution(family: str, teacher: torch.nn.Module, images: torch.Tensor,
-                     labels: torch.Tensor) -> ClassConditionalDistribution:
-    """The registered ``family``'s ``fit(teacher.fc, activations, labels)`` on the teacher's
-    activations of ``images`` (the sphere family fits its radius by maximum likelihood)."""
-    family_class = get_family(family)
-    with torch.no_grad():
-        activations = teacher.features(images)
-    return family_class.fit(teacher.fc, activations, labels)
-
-
-def _broadcast_module(module: torch.nn.Module) -> None:
-    for tensor in module.state_dict().values():
-        torch_dist.broadcast(tensor, src=0)
-
-
-def prepare_teacher(seed: int, epochs: int, cache_dir: Path | None = None) -> torch.nn.Module:
-    """The seed's teacher: loaded from ``cache_dir`` if saved there, else trained (identically on
-    every rank, then broadcast from rank 0 so that all ranks hold the same bits) and saved."""
-    rank, world_size = distributed_context()
-    data = load_digits_split()
-    torch.manual_seed(stream_seed(seed, "teacher"))
-    teacher = teacher_cnn(num_classes=data.num_classes)
-    path = cache_dir / f"teacher-seed{seed}-epochs{epochs}.pt" if cache_dir is not None else None
-    if path is not None and path.exists():
-        teacher.load_state_dict(torch.load(path, weights_only=True))
-        return teacher.eval()
-    train_classifier(teacher, data.train_images, data.train_labels, epochs, seed=seed, progress=False)
-    if world_size > 1:
-        _broadcast_module(teacher)
-    if path is not None and rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(teacher.state_dict(), path)
-    return teacher.eval()
 
 
 @dataclass

@@ -28,11 +28,10 @@ pure function of ``(seed, step, rank)``, so a resumed run continues exactly wher
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -43,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from .._random import stream_seed
 from ..families import ClassConditionalDistribution
 from .synthesis import resolve_match, synthesize_inputs
 
@@ -104,12 +104,6 @@ class Timings:
     synthesis: float = 0.0    # building and refreshing the pool (teacher forward/backward on inputs)
     sampler: float = 0.0      # distribution.sample
     log_density: float = 0.0  # distribution.log_marginal
-
-
-def stream_seed(*parts) -> int:
-    """A 63-bit seed that is a pure function of ``parts`` (for stateless, resumable generators)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def distributed_context() -> tuple[int, int]:

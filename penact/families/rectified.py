@@ -99,7 +99,7 @@ class RectifiedDistribution(ClassConditionalDistribution):
         Raises:
             ValueError: bad shapes, negative or non-finite activations, labels out of range.
         """
-        weight, bias = linear.weight.detach(), (linear.bias.detach() if linear.bias is not None else None)
+        weight = linear.weight.detach()
         if activations.dim() != 2 or activations.shape[1] != weight.shape[1]:
             raise ValueError(f"activations must have shape [N, D] with D = {weight.shape[1]}, "
                              f"got {tuple(activations.shape)}")

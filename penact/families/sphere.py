@@ -71,7 +71,7 @@ class SphereDistribution(ClassConditionalDistribution):
             ValueError: bad shapes, or no positive MLE (the activations do not align with their
                 class weights on average).
         """
-        weight, bias = linear.weight.detach(), (linear.bias.detach() if linear.bias is not None else None)
+        weight = linear.weight.detach()
         if activations.dim() != 2 or activations.shape[1] != weight.shape[1]:
             raise ValueError(f"activations must have shape [N, D] with D = {weight.shape[1]}, got {tuple(activations.shape)}")
         if activations.shape[0] == 0:

@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..bench import _git
+from .._random import stream_seed
 from ..data import load_digits_split
-from ..distill.grid import fit_distribution, prepare_teacher
-from ..distill.trainer import stream_seed
+from ..experiments import fit_distribution, git, prepare_teacher
 from ..models import accuracy, train_classifier
 from .families import FAMILIES, LatentSpace
 from .metrics import Judges
@@ -237,7 +236,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("penact generate: --seeds must be >= 1 and --per-class >= 2")
     name = args.name or f"generate-{datetime.date.today().isoformat()}"
     results = run(args, name)
-    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
     table = summarize(results["records"])
     summary = {"date": datetime.date.today().isoformat(), "commit": commit, "torch": torch.__version__,
                "threads": torch.get_num_threads(), "table": table, "targets": targets(table, args.families),

@@ -1,0 +1,76 @@
+"""What the commands share around the library (``penact demo | distill | generate | bench``): seeded
+teachers and their fitted families, and the machine and source metadata their reports carry.
+Library code (``penact.families``, ``penact.ops``, the trainers) never imports this module.
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+
+from ._random import stream_seed
+from .data import load_digits_split
+from .distill.trainer import distributed_context
+from .families import ClassConditionalDistribution, get_family
+from .models import teacher_cnn, train_classifier
+
+
+def fit_distribution(family: str, teacher: torch.nn.Module, images: torch.Tensor,
+                     labels: torch.Tensor) -> ClassConditionalDistribution:
+    """The registered ``family``'s ``fit(teacher.fc, activations, labels)`` on the teacher's
+    activations of ``images`` (the sphere family fits its radius by maximum likelihood)."""
+    family_class = get_family(family)
+    with torch.no_grad():
+        activations = teacher.features(images)
+    return family_class.fit(teacher.fc, activations, labels)
+
+
+def _broadcast_module(module: torch.nn.Module) -> None:
+    for tensor in module.state_dict().values():
+        torch_dist.broadcast(tensor, src=0)
+
+
+def prepare_teacher(seed: int, epochs: int, cache_dir: Path | None = None) -> torch.nn.Module:
+    """The seed's teacher: loaded from ``cache_dir`` if saved there, else trained (identically on
+    every rank, then broadcast from rank 0 so that all ranks hold the same bits) and saved."""
+    rank, world_size = distributed_context()
+    data = load_digits_split()
+    torch.manual_seed(stream_seed(seed, "teacher"))
+    teacher = teacher_cnn(num_classes=data.num_classes)
+    path = cache_dir / f"teacher-seed{seed}-epochs{epochs}.pt" if cache_dir is not None else None
+    if path is not None and path.exists():
+        teacher.load_state_dict(torch.load(path, weights_only=True))
+        return teacher.eval()
+    train_classifier(teacher, data.train_images, data.train_labels, epochs, seed=seed, progress=False)
+    if world_size > 1:
+        _broadcast_module(teacher)
+    if path is not None and rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(teacher.state_dict(), path)
+    return teacher.eval()
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def git(*args: str) -> str | None:
+    """``git <args>`` in the source checkout penact runs from (its output), or None outside one."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    return None
+
+
