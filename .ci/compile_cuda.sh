@@ -2,8 +2,9 @@
 # Compiles penact's CUDA back-end without a GPU and fails on any error or warning (CI has no GPU).
 #   1. every csrc/cuda/*.cu with nvcc for each architecture in PENACT_CUDA_ARCHS (default "80 90"):
 #      the kernels include no torch header, so nvcc alone suffices;
-#   2. the core headers as host-only C++17 (g++), since the CPU back-end compiles them that way;
-#   3. the torch glue (csrc/cuda/*.cpp, csrc/ops.cpp with PENACT_WITH_CUDA), syntax only, when the
+#   2. the core headers and the torch-free kernel interfaces (csrc/core/*.h, csrc/{launch,special,
+#      vmf,rectified}.h) as host-only C++17 (g++), since the CPU back-end compiles them that way;
+#   3. the torch glue (csrc/*.cpp with PENACT_WITH_CUDA), syntax only, when the
 #      Python found first on PATH has a torch with CUDA headers; skipped with a message otherwise
 #      (PENACT_REQUIRE_TORCH_CUDA=1 turns the skip into a failure).
 # Usage: .ci/compile_cuda.sh            (NVCC, CXX and PYTHON override the tools)
@@ -35,8 +36,8 @@ for source in csrc/cuda/*.cu; do
   echo "   $source: $(( $(date +%s) - start )) s"
 done
 
-echo "== core headers, host only (C++17)"
-for header in csrc/core/*.h; do
+echo "== core headers and kernel interfaces, host only (C++17)"
+for header in csrc/core/*.h csrc/launch.h csrc/special.h csrc/vmf.h csrc/rectified.h; do
   echo "#include \"$header\"" >"$work/$(basename "$header").cpp"
   run "$CXX" -std=c++17 -Wall -Wextra -Werror -I. -fsyntax-only "$work/$(basename "$header").cpp"
 done
@@ -48,7 +49,8 @@ import torch
 from torch.utils import cpp_extension
 if torch.version.cuda is None:
     sys.exit(0)
-dirs = cpp_extension.include_paths(device_type="cuda")
+import sysconfig
+dirs = cpp_extension.include_paths(device_type="cuda") + [sysconfig.get_paths()["include"]]
 for site in sys.path:  # headers of the pip CUDA libraries that torch's CUDA headers include
     dirs += sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
     dirs += sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
@@ -62,7 +64,7 @@ else
   # The toolkit's headers first (the pip packages ship a cuda_runtime.h without its crt/ folder),
   # where nvcc itself looks for them (nvcc may be a wrapper script outside the toolkit).
   cuda_include=$("$NVCC" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/.*INCLUDES="-I\([^"]*\)".*/-isystem \1/p' | head -1)
-  for source in csrc/cuda/*.cpp csrc/ops.cpp; do
+  for source in csrc/*.cpp; do
     # shellcheck disable=SC2086
     run "$CXX" -std=c++20 -Wall -Wextra -Werror -DPENACT_WITH_CUDA -Icsrc $cuda_include $flags -fsyntax-only "$source"
   done

@@ -13,8 +13,7 @@ import torch
 from penact import RectifiedDistribution
 from penact import ops
 from penact import reference
-
-DTYPES = [torch.float32, torch.float64]
+from conftest import DTYPES
 
 # (t = s w, m / s): no atom, a light and a heavy one (mostly zeros), from far left to far right.
 REGIMES = [(-30.0, 0.0), (-30.0, 0.02), (-3.0, 0.0), (-3.0, 5.0), (0.0, 0.0), (0.0, 0.7), (0.0, 40.0), (2.0, 0.3),
@@ -297,11 +296,11 @@ def test_log_partition_second_derivative_in_weight_is_the_variance(rng):
 def test_bad_input_raises(rng):
     weight, other, scale, zero_mass = random_pair(rng)
     w = weight.clone().requires_grad_()
-    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         ops.rectified_rsample(w, scale, zero_mass, torch.tensor([0, 3]), 1, 0)
-    with pytest.raises(RuntimeError, match="scale must be finite and positive"):
+    with pytest.raises(ValueError, match="scale must be finite and positive"):
         ops.rectified_rsample(w, -scale, zero_mass, torch.tensor([0]), 1, 0)
-    with pytest.raises(RuntimeError, match="offset must be non-negative"):
+    with pytest.raises(ValueError, match="offset must be non-negative"):
         ops.rectified_rsample(w, scale, zero_mass, torch.tensor([0]), 1, -1)
     with pytest.raises(ValueError, match="seed must lie in"):
         ops.rectified_rsample(w, scale, zero_mass, torch.tensor([0]), 2**64, 0)

@@ -94,7 +94,7 @@ def test_cosine_kappa_grad_edges_and_dtypes():
     got32 = ops.vmf_cosine_kappa_grad(5, k.float(), t.float(), sine.float())
     assert got32.dtype == torch.float32
     assert ops.vmf_cosine_kappa_grad(5, torch.tensor(1.0), torch.empty(0), torch.empty(0)).shape == (0,)
-    with pytest.raises(RuntimeError, match="dim must be at least 2"):
+    with pytest.raises(ValueError, match="dim must be at least 2"):
         ops.vmf_cosine_kappa_grad(1, k, t, sine)
     with pytest.raises(NotImplementedError, match="second derivatives"):
         ops.vmf_cosine_kappa_grad(5, k[:3].clone().requires_grad_(), t[:3], sine[:3]).sum().backward()
@@ -185,15 +185,15 @@ def test_fused_backward_checks_its_arguments_and_empty_input(rng):
     labels = torch.tensor([0, 2])
     x = ops.vmf_sample(mu, kappa, labels, 1.0, 1, 0)
     backward = torch.ops.penact.vmf_rsample_backward.default
-    with pytest.raises(RuntimeError, match="sample and grad must have shape"):
+    with pytest.raises(ValueError, match="sample and grad must have shape"):
         backward(x[:, :3], x, mu, kappa, labels, 1.0, True, True)
-    with pytest.raises(RuntimeError, match="must have the dtype of mean_direction"):
+    with pytest.raises(ValueError, match="must have the dtype of mean_direction"):
         backward(x.float(), x, mu, kappa, labels, 1.0, True, True)
-    with pytest.raises(RuntimeError, match="kappa must have shape"):
+    with pytest.raises(ValueError, match="kappa must have shape"):
         backward(x, x, mu, kappa[:2], labels, 1.0, True, True)
-    with pytest.raises(RuntimeError, match="labels must lie in"):
+    with pytest.raises(ValueError, match="labels must lie in"):
         backward(x, x, mu, kappa, torch.tensor([0, 3]), 1.0, True, True)
-    with pytest.raises(RuntimeError, match="radius must be"):
+    with pytest.raises(ValueError, match="radius must be"):
         backward(x, x, mu, kappa, labels, 0.0, True, True)
     empty = x[:0]
     grad_mu, grad_kappa = backward(empty, empty, mu, kappa, labels[:0], 1.0, True, True)

@@ -50,10 +50,10 @@ def ks_pvalue(w, dim, kappa):
     return scipy.stats.kstest(w_sorted, lambda v: np.array([lookup[float(t)] for t in np.atleast_1d(v)])).pvalue
 
 
-def one_class(dim, kappa, rng, dtype=torch.float64):
-    mu = torch.randn(1, dim, generator=rng, dtype=dtype)
+def one_class(dim, kappa, rng, dtype=torch.float64, device="cpu"):
+    mu = torch.randn(1, dim, generator=rng, dtype=torch.float64)
     mu = mu / mu.norm()
-    return mu, torch.tensor([kappa], dtype=dtype)
+    return mu.to(dtype).to(device), torch.tensor([kappa], dtype=dtype, device=device)
 
 
 @pytest.mark.parametrize(
@@ -62,11 +62,12 @@ def one_class(dim, kappa, rng, dtype=torch.float64):
      (512, 0.0), (512, 1e-3), (512, 1.0), (512, 512.0), (512, 51200.0), (512, 1e6), (4096, 0.0), (4096, 40.0),
      (4096, 4096.0), (4096, 1e6)],
 )
-def test_cosine_marginal_is_exact(dim, kappa, rng):
-    mu, k = one_class(dim, kappa, rng)
+def test_cosine_marginal_is_exact(dim, kappa, rng, device):
+    mu, k = one_class(dim, kappa, rng, device=device)
     n = 3000
     seed = int(torch.randint(0, 2**62, (), generator=rng))
-    x = ops.vmf_sample(mu, k, torch.zeros(n, dtype=torch.long), 1.0, seed, 0)
+    x = ops.vmf_sample(mu, k, torch.zeros(n, dtype=torch.long, device=device), 1.0, seed, 0)
+    mu, k, x = mu.cpu(), k.cpu(), x.cpu()
     t = (x @ mu[0]).numpy()
     # w = 1 - t from the sample loses digits when t ~ 1; at large kappa use the exact identity
     # 1 - t = ||x - mu||^2 / 2 on the unit sphere, which keeps them.
@@ -79,12 +80,13 @@ def test_cosine_marginal_is_exact(dim, kappa, rng):
 
 
 @pytest.mark.parametrize("dim,kappa", [(3, 2.0), (64, 10.0), (512, 20.0), (512, 700.0)])
-def test_mean_vector(dim, kappa, rng):
-    """E[u] = A_D(kappa) mu, component by component (SPEC's oracle: a Taylor shortcut for b in one
-    library gives E[t] = -0.73 at D = 512, kappa = 20 instead of 0.039)."""
+def test_mean_vector(dim, kappa, rng, device):
+    """E[u] = A_D(kappa) mu, component by component (docs/model.md's oracle: a Taylor shortcut for b
+    in one library gives E[t] = -0.73 at D = 512, kappa = 20 instead of 0.039)."""
     mu, k = one_class(dim, kappa, rng)
     n = 20000
-    x = ops.vmf_sample(mu, k, torch.zeros(n, dtype=torch.long), 1.0, int(torch.randint(0, 2**62, (), generator=rng)), 0)
+    labels = torch.zeros(n, dtype=torch.long, device=device)
+    x = ops.vmf_sample(mu.to(device), k.to(device), labels, 1.0, int(torch.randint(0, 2**62, (), generator=rng)), 0).cpu()
     mean = x.mean(dim=0)
     expected = ops.vmf_mean_resultant(dim, k) * mu[0]
     # Cov[u] = (A/kappa) I + (1 - A^2 - D A/kappa) mu mu^T bounds each coordinate's variance.
@@ -121,24 +123,25 @@ def test_float32_matches_float64_draws():
     torch.testing.assert_close(t32.double(), t64, rtol=0, atol=1e-5)
 
 
-def test_huge_kappa_and_float32_keeps_the_tail():
-    """At kappa = 1e7 the spread sqrt(1 - t^2) ~ 1e-3.5 must survive float32 (SPEC: the textbook
-    1 - t has 53% error in float32 at D = 16, kappa = 1e7)."""
+def test_huge_kappa_and_float32_keeps_the_tail(device):
+    """At kappa = 1e7 the spread sqrt(1 - t^2) ~ 1e-3.5 must survive float32 (the textbook 1 - t has
+    53% error in float32 at D = 16, kappa = 1e7)."""
     dim, kappa = 16, 1e7
     mu = torch.zeros(1, dim)
     mu[0, 3] = 1
-    x = ops.vmf_sample(mu, torch.tensor([kappa]), torch.zeros(20000, dtype=torch.long), 1.0, 5, 0)
+    x = ops.vmf_sample(mu.to(device), torch.tensor([kappa], device=device),
+                       torch.zeros(20000, dtype=torch.long, device=device), 1.0, 5, 0).cpu()
     w = 0.5 * ((x.double() - mu.double()) ** 2).sum(dim=1)  # 1 - t
     # E[1 - t] = 1 - A_D(kappa) ~ (D - 1) / (2 kappa)
     expected = 1 - float(ops.vmf_mean_resultant(dim, torch.tensor([kappa], dtype=torch.float64)))
     assert float(w.mean()) == pytest.approx(expected, rel=0.05)
 
 
-def test_large_dimension():
+def test_large_dimension(device):
     dim = 65536
     mu = torch.nn.functional.normalize(torch.randn(2, dim), dim=1)
     kappa = torch.tensor([0.0, 3e4])
-    x = ops.vmf_sample(mu, kappa, torch.tensor([0, 1, 1, 0]), 1.0, 9, 0)
+    x = ops.vmf_sample(mu.to(device), kappa.to(device), torch.tensor([0, 1, 1, 0], device=device), 1.0, 9, 0).cpu()
     assert torch.isfinite(x).all()
     torch.testing.assert_close(x.norm(dim=1), torch.ones(4))
     t = (x * mu[[0, 1, 1, 0]]).sum(dim=1)
@@ -168,11 +171,11 @@ def test_empty_batch_and_noncontiguous():
                                ops.vmf_sample(mu_nc.contiguous(), kappa, labels.contiguous(), 1.0, 4, 0), rtol=0, atol=0)
 
 
-def test_invalid_concentration_gives_nan_rows_not_a_hang():
-    mu = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
-    kappa = torch.tensor([1.0, -1.0, float("inf")])
-    x = ops.vmf_sample(mu, kappa, torch.tensor([0, 1, 2]), 1.0, 0, 0)
-    assert torch.isfinite(x[0]).all() and torch.isnan(x[1]).all() and torch.isnan(x[2]).all()
+def test_invalid_concentration_gives_nan_rows_not_a_hang(device):
+    mu = torch.nn.functional.normalize(torch.randn(4, 4), dim=1)
+    kappa = torch.tensor([1.0, -1.0, float("inf"), float("nan")])
+    x = ops.vmf_sample(mu.to(device), kappa.to(device), torch.tensor([0, 1, 2, 3], device=device), 1.0, 0, 0).cpu()
+    assert torch.isfinite(x[0]).all() and torch.isnan(x[1:]).all()
 
 
 def test_agrees_with_the_composite_twin(rng):
@@ -184,11 +187,14 @@ def test_agrees_with_the_composite_twin(rng):
     assert scipy.stats.ks_2samp(t_kernel, t_twin).pvalue > 1e-5
 
 
-def test_unit_norm_to_rounding_in_small_dimensions():
-    """D = 2 and 3 with huge kappa: the Gaussian is often nearly parallel to mu, where a single
-    projection leaves a component along mu; the draw must stay on the sphere to rounding."""
-    for dim in (2, 3):
-        mu = torch.nn.functional.normalize(torch.randn(2, dim, dtype=torch.float64), dim=1)
-        x = ops.vmf_sample(mu, torch.tensor([1e6, 3.0], dtype=torch.float64), torch.tensor([0, 1]).repeat(50000),
-                           1.0, 3, 0)
-        assert float((x.norm(dim=1) - 1).abs().max()) < 4e-16 * dim
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [2, 3])
+def test_unit_norm_to_rounding_in_small_dimensions(dim, dtype, device):
+    """D = 2 and 3 over kappa from 0 to 1e7: the Gaussian is often nearly parallel to mu, where a
+    single projection leaves a component along mu (in float32 at D = 2 a one-projection sampler put
+    rows 2e-3 off the sphere); with two, every draw stays on the sphere to a few ulps."""
+    mu = torch.nn.functional.normalize(torch.randn(8, dim, dtype=torch.float64), dim=1).to(dtype).to(device)
+    kappa = torch.tensor([0.0, 1e-3, 1.0, 3.0, 50.0, 1e3, 1e6, 1e7], dtype=dtype, device=device)
+    x = ops.vmf_sample(mu, kappa, torch.arange(8, device=device).repeat(25000), 1.0, 3, 0)
+    eps = torch.finfo(dtype).eps
+    assert float((x.double().norm(dim=1) - 1).abs().max()) < 2 * eps * dim

@@ -26,7 +26,6 @@
 // batch, the thread layout or the device (up to the rounding of log, sqrt and erfc).
 #pragma once
 
-#include <limits>
 
 #include "normals.h"
 #include "philox.h"
@@ -106,6 +105,26 @@ PENACT_HD double rectified_log_z(double w, double s, double m) {
   return log_add_exp(log(m), log(s) + excess_moments(-s * w).log_mills);
 }
 
+// The parameters' valid ranges (negated tests: NaN fails).
+PENACT_HD bool valid_scale(double s) { return isfinite(s) && s > 0.0; }
+PENACT_HD bool valid_zero_mass(double m) { return isfinite(m) && m >= 0.0; }
+
+// ---------------------------------------------------------------------------------------------
+// The densities: log p(a | y) = w_y . a + sum_j B_j(a_j) - log Z_y, per coordinate the base term
+// B(a) = -a^2 / (2 s^2) for a > 0 and log m at a = 0 (half_precision = 1 / (2 s^2)). Both branches
+// are formed before the select: a load inside one branch would stop vectorization.
+template <typename W>
+PENACT_HD W rectified_base_term(W a, W half_precision, W log_zero_mass) {
+  const W slab = -a * a * half_precision;
+  return a > W(0) ? slab : log_zero_mass;
+}
+
+// An activation outside the support: negative or NaN (a negated test).
+template <typename W>
+PENACT_HD bool outside_support(W a) {
+  return !(a >= W(0));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The draw.
 
@@ -116,8 +135,6 @@ constexpr double kInverseLimit = 2.0;
 
 PENACT_HD float positive_log(float x) { return log_positive(x); }  // polynomial: vectorizes
 PENACT_HD double positive_log(double x) { return log(x); }
-PENACT_HD float square_root(float x) { return sqrtf(x); }
-PENACT_HD double square_root(double x) { return sqrt(x); }
 
 // Wichura (1988), Algorithm AS 241: Phi^{-1}(p) = x A(x^2) / B(x^2) near the centre (x = p - 1/2,
 // |x| <= 0.425), C(r) / D(r) and E(r) / F(r) in the tails (r = sqrt(-log min(p, 1 - p)), split at 5).
@@ -289,7 +306,7 @@ PENACT_HD T rectified_draw(T u, T inv_nonzero, T shift, T upper, T lower, T scal
   const T q = v * upper;
   const T qc = (T(1) - v) + v * lower;
   const T a = scale * (shift + normal_upper_quantile(q, qc));
-  const T floor = std::numeric_limits<T>::min();
+  const T floor = smallest_normal<T>();
   const T positive = a > floor ? a : floor;
   return v < T(1) ? positive : T(0);
 }

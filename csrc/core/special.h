@@ -133,9 +133,4 @@ PENACT_HD double vmf_log_normalizer(double dim, double kappa) {
   return v * log(kappa) - bessel_by_recurrence(v, kappa).log_iv - log_two_pi_pow;
 }
 
-// A_D(kappa) = I_{D/2}(kappa) / I_{D/2-1}(kappa) = E[mu . u] under vMF(mu, kappa) on S^{D-1}.
-PENACT_HD double vmf_mean_resultant(double dim, double kappa) {
-  return bessel_iv_ratio(0.5 * dim - 1.0, kappa);
-}
-
 }  // namespace penact

@@ -1,7 +1,7 @@
-// CUDA kernels of the vMF operators and their launchers (interface: vmf_cuda.h). No torch header:
-// the glue in vmf_cuda_ops.cpp checks, allocates and fills the parameter structs. All math comes
-// from csrc/core, the code the CPU back-end runs, so that the same (seed, offset) gives the same
-// samples on both devices (up to FMA contraction and the last bits of libm functions).
+// CUDA kernels of the sphere family and their launchers (interface: vmf.h). The formulas come
+// from csrc/core (vmf_rows.h, wood.h, normals.h, vmf_grad.h), the code the CPU back-end runs, so
+// that the same (seed, offset) gives the same samples on both devices (up to FMA contraction and
+// the last bits of libm functions).
 //
 // Layout of the work (benchmarks/NOTES.md says what limits each kernel):
 //   sample     a team of threads per row: TEAM lanes of one warp for D <= 1024 (float), the whole
@@ -9,167 +9,29 @@
 //              of up to 32 rows, one row per lane, so that the scalar step is 32 rows wide instead
 //              of idling 31 lanes; then the team of each row draws the row's normals (one Philox
 //              block per 4 float / 2 double normals, the block -> element map of core/normals.h),
-//              reduces mu . g and ||g - (mu . g) mu||^2 by shuffles, and writes the row with 16-byte
-//              stores. The normals stay in registers; beyond 8192 (float) elements a row's normals
-//              are regenerated in each pass instead (Philox is a pure function of its counter).
+//              reduces (mu . g, mu . mu) and (mu . g1, g1 . g1) by shuffles (core/vmf_rows.h: two
+//              projections and the unit check of mu), and writes the row with 16-byte stores. The
+//              normals stay in registers; beyond 8192 (float) elements a row's normals are
+//              regenerated in each pass instead (Philox is a pure function of its counter).
 //   log_prob   a team per row reads x_i once (dot with w_y and the norm), 16-byte loads.
 //   backward   the same read, then grad_x_i and atomic adds into grad_weight[y_i].
 //   log_prob_all   the rows of x scaled to radius / ||x_i|| (here), then cuBLAS addmm (in the glue).
-#include "vmf_cuda.h"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include <type_traits>
-
+//   rsample backward   a team per row: its dot products, then atomic adds into grad_mu[y_i]; then
+//              one thread per row for dt/dkappa (an adaptive quadrature) and grad_kappa[y_i].
+// Every label is checked where it is read: out of range, it is reported (launch.h) and its row is
+// NaN or skipped, never used as an index.
 #include "../core/normals.h"
-#include "../core/special.h"
+#include "../core/vmf_grad.h"
+#include "../core/vmf_rows.h"
 #include "../core/wood.h"
+#include "../vmf.h"
+#include "common.cuh"
 
 namespace penact {
 namespace cuda {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr unsigned kAllLanes = 0xffffffffu;
-constexpr int kThreads = 256;  // the block size of every kernel
-constexpr int kWarpsPerBlock = kThreads / kWarp;
 constexpr int kMaxTileRows = kWarp;  // rows whose Wood step one warp draws at once, one per lane
-constexpr int kBlocksPerSm = 8;      // 2048 resident threads per SM on sm_80 / sm_90
-
-__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// ------------------------------------------------------------------------------------------------
-// Element types: storage S (float16, bfloat16, float, double) to and from the arithmetic type A.
-
-template <typename S>
-struct Element {
-  template <typename A>
-  __device__ static A load(S value) { return static_cast<A>(value); }
-  template <typename A>
-  __device__ static S store(A value) { return static_cast<S>(value); }
-};
-
-template <>
-struct Element<__half> {
-  template <typename A>
-  __device__ static A load(__half value) { return static_cast<A>(__half2float(value)); }
-  template <typename A>
-  __device__ static __half store(A value) { return __float2half_rn(static_cast<float>(value)); }
-};
-
-template <>
-struct Element<__nv_bfloat16> {
-  template <typename A>
-  __device__ static A load(__nv_bfloat16 value) { return static_cast<A>(__bfloat162float(value)); }
-  template <typename A>
-  __device__ static __nv_bfloat16 store(A value) { return __float2bfloat16_rn(static_cast<float>(value)); }
-};
-
-// K consecutive elements of a row ("a chunk"), moved by vector accesses of up to 16 bytes when
-// `vector` is set (the launcher sets it when every row starts on a 16-byte boundary) and the chunk
-// is whole; element by element otherwise, as for the last, partial chunk of a row. Elements at
-// and past `valid` are neither read nor written; loads give zero there.
-template <typename S, int K>
-__host__ __device__ constexpr int vector_width() { return K * sizeof(S) <= 16 ? K : static_cast<int>(16 / sizeof(S)); }
-
-template <typename S, int V>
-struct alignas(sizeof(S) * V) Pack {
-  S v[V];
-};
-
-template <int K, typename A, typename S>
-__device__ __forceinline__ void load_chunk(const S* __restrict__ p, int valid, bool vector, A (&out)[K]) {
-  constexpr int V = vector_width<S, K>();
-  if (vector && valid == K) {
-#pragma unroll
-    for (int q = 0; q < K; q += V) {
-      const Pack<S, V> pack = *reinterpret_cast<const Pack<S, V>*>(p + q);
-#pragma unroll
-      for (int e = 0; e < V; ++e) out[q + e] = Element<S>::template load<A>(pack.v[e]);
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < K; ++e) out[e] = e < valid ? Element<S>::template load<A>(p[e]) : A(0);
-  }
-}
-
-template <int K, typename S, typename A>
-__device__ __forceinline__ void store_chunk(S* __restrict__ p, int valid, bool vector, const A (&in)[K]) {
-  constexpr int V = vector_width<S, K>();
-  if (vector && valid == K) {
-#pragma unroll
-    for (int q = 0; q < K; q += V) {
-      Pack<S, V> pack;
-#pragma unroll
-      for (int e = 0; e < V; ++e) pack.v[e] = Element<S>::store(in[q + e]);
-      *reinterpret_cast<Pack<S, V>*>(p + q) = pack;
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < K; ++e) {
-      if (e < valid) p[e] = Element<S>::store(in[e]);
-    }
-  }
-}
-
-// Elements of chunk `chunk` (K per chunk) that lie inside a row of `dim` elements.
-__device__ __forceinline__ int chunk_valid(int64_t chunk, int K, int64_t dim) {
-  const int64_t left = dim - chunk * K;
-  return left <= 0 ? 0 : left >= K ? K : static_cast<int>(left);
-}
-
-// Whether rows starting at base + i * row_stride (elements of `bytes` bytes) may use V-wide
-// vector accesses: every row start aligned to the vector size.
-bool rows_vectorizable(const void* base, int64_t row_stride, int bytes, int V) {
-  const int64_t vector_bytes = static_cast<int64_t>(bytes) * V;
-  return reinterpret_cast<uintptr_t>(base) % vector_bytes == 0 && (row_stride * bytes) % vector_bytes == 0;
-}
-
-// ------------------------------------------------------------------------------------------------
-// Teams: the threads that share one row. Every member gets the same sum: the xor butterfly adds
-// the same pairs on both partners of each exchange, so the totals are bitwise equal.
-
-template <int TEAM>
-struct LaneTeam {  // TEAM consecutive lanes of a warp; every lane of the warp must call sum()
-  static_assert(TEAM <= kWarp && (TEAM & (TEAM - 1)) == 0, "a lane team is a power of two <= 32");
-  static constexpr int size = TEAM;
-  template <typename A>
-  __device__ A sum(A value) const {
-#pragma unroll
-    for (int mask = TEAM / 2; mask > 0; mask /= 2) value += __shfl_xor_sync(kAllLanes, value, mask);
-    return value;
-  }
-};
-
-struct BlockTeam {  // all kThreads threads of the block; every thread must call sum()
-  static constexpr int size = kThreads;
-  double* scratch;  // [kWarpsPerBlock] in shared memory
-  template <typename A>
-  __device__ A sum(A value) const {
-    value = LaneTeam<kWarp>().sum(value);
-    if (threadIdx.x % kWarp == 0) scratch[threadIdx.x / kWarp] = static_cast<double>(value);
-    __syncthreads();
-    A total = A(0);
-#pragma unroll
-    for (int w = 0; w < kWarpsPerBlock; ++w) total += static_cast<A>(scratch[w]);
-    __syncthreads();  // scratch is free again for the next sum
-    return total;
-  }
-};
-
-// Launch geometry: enough blocks to fill the device (grid-stride loops do the rest).
-int multiprocessor_count(cudaError_t* error) {
-  int device = 0, count = 0;
-  *error = cudaGetDevice(&device);
-  if (*error == cudaSuccess) *error = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-  return count > 0 ? count : 1;
-}
-
-int grid_for(int64_t blocks_wanted, int multiprocessors) {
-  const int64_t cap = static_cast<int64_t>(multiprocessors) * kBlocksPerSm * 4;
-  return static_cast<int>(blocks_wanted < 1 ? 1 : blocks_wanted < cap ? blocks_wanted : cap);
-}
 
 // ------------------------------------------------------------------------------------------------
 // vmf_sample
@@ -177,16 +39,18 @@ int grid_for(int64_t blocks_wanted, int multiprocessors) {
 template <typename T, typename Out>
 struct SampleArgs {
   const T* __restrict__ mean_direction;
-  const T* __restrict__ kappa;
+  const double* __restrict__ kappa;
   const int64_t* __restrict__ labels;
   Out* __restrict__ out;
+  CheckStatus* status;
   int64_t num_rows, num_classes, dim;
-  double radius;
+  double radius, unit_tolerance;
   uint64_t seed, offset;
   bool vector_mean, vector_out;
 };
 
-// The mu-component of a row's draw, t, and sqrt(1 - t^2); label < 0 marks a row that comes out NaN.
+// The mu-component of a row's draw, t, and sqrt(1 - t^2); label < 0 marks a row that comes out NaN
+// (a label out of range, reported here, or an invalid concentration).
 struct RowCosine {
   double t, sine;
   int64_t label;
@@ -195,12 +59,9 @@ struct RowCosine {
 template <typename T, typename Out>
 __device__ RowCosine draw_row_cosine(const SampleArgs<T, Out>& a, int64_t row) {
   const int64_t label = a.labels[row];
-  // Negated in-range tests, so that a label the glue could not check (graph capture) and a NaN or
-  // infinite concentration take the NaN-row branch instead of an out-of-bounds read or an
-  // endless rejection loop.
-  if (!(label >= 0 && label < a.num_classes)) return {NAN, NAN, -1};
-  const double kappa = static_cast<double>(a.kappa[label]);
-  if (!(kappa >= 0.0) || isinf(kappa)) return {NAN, NAN, -1};
+  if (!label_in_range(a.status, label, a.num_classes)) return {NAN, NAN, -1};
+  const double kappa = a.kappa[label];
+  if (!valid_concentration(kappa)) return {NAN, NAN, -1};
   RowStream stream(a.seed, a.offset + static_cast<uint64_t>(row));
   const Cosine cosine = vmf_cosine_draw(stream, static_cast<double>(a.dim), kappa);
   return {cosine.t, cosine.sine, label};
@@ -222,29 +83,27 @@ __device__ __forceinline__ void row_chunk(const SampleArgs<T, Out>& a, const T* 
   }
 }
 
-// u = t mu + sqrt(1 - t^2) v, v the normalized part of the Gaussian vector orthogonal to mu: the
-// formula and the rounding steps of sample_row in cpu/vmf_cpu.cpp.
-template <typename T>
-struct RowScales {
-  T along_mean, along_orth;
-};
-
-template <typename T>
-__device__ RowScales<T> row_scales(double radius, const RowCosine& c, T orth_norm2) {
+// The row's output scales (core/vmf_rows.h) from the team's sums; NaN for a row without a draw.
+// Member 0 reports a mean direction that is not a unit vector (once per row).
+template <typename T, typename Out>
+__device__ RowScales<T> row_scales(const SampleArgs<T, Out>& a, const RowCosine& c, T mean_sumsq, T residual_along,
+                                   T residual_sumsq, int member) {
   if (c.label < 0) return {T(NAN), T(NAN)};
-  // A zero orthogonal part has probability zero; guard the division all the same.
-  const T orth = orth_norm2 > T(0) ? static_cast<T>(radius * c.sine / sqrt(static_cast<double>(orth_norm2))) : T(0);
-  return {static_cast<T>(radius * c.t), orth};
+  if (member == 0 && !is_unit_vector(static_cast<double>(mean_sumsq), a.unit_tolerance)) {
+    report_bad_value(a.status, 0, c.label);
+  }
+  return sample_row_scales<T>(a.radius, c.t, c.sine, static_cast<double>(residual_along),
+                              static_cast<double>(residual_sumsq));
 }
 
 template <typename T, typename Out>
 __device__ __forceinline__ void store_row_chunk(const SampleArgs<T, Out>& a, Out* out, int64_t block,
                                                 const RowScales<T>& scales, const T (&mean_chunk)[NormalsPerBlock<T>::value],
-                                                const T (&orth)[NormalsPerBlock<T>::value]) {
+                                                const T (&residual)[NormalsPerBlock<T>::value]) {
   constexpr int K = NormalsPerBlock<T>::value;
   T values[K];
 #pragma unroll
-  for (int e = 0; e < K; ++e) values[e] = scales.along_mean * mean_chunk[e] + scales.along_orth * orth[e];
+  for (int e = 0; e < K; ++e) values[e] = scales.along_mean * mean_chunk[e] + scales.along_residual * residual[e];
   store_chunk<K>(out + block * K, chunk_valid(block, K, a.dim), a.vector_out, values);
 }
 
@@ -259,26 +118,30 @@ __device__ void sample_row_in_registers(const SampleArgs<T, Out>& a, const Team&
   const T* mean = a.mean_direction + (drawn ? c.label : 0) * a.dim;
   const uint64_t counter = a.offset + static_cast<uint64_t>(row);
   T mean_chunk[BPT][K], gauss[BPT][K];
-  T along_partial = T(0);
+  T first[2] = {T(0), T(0)};  // mu . g, mu . mu
 #pragma unroll
   for (int s = 0; s < BPT; ++s) {
     row_chunk(a, mean, counter, member + static_cast<int64_t>(s) * Team::size, drawn, mean_chunk[s], gauss[s]);
 #pragma unroll
-    for (int e = 0; e < K; ++e) along_partial += mean_chunk[s][e] * gauss[s][e];
+    for (int e = 0; e < K; ++e) {
+      first[0] += mean_chunk[s][e] * gauss[s][e];
+      first[1] += mean_chunk[s][e] * mean_chunk[s][e];
+    }
   }
-  const T along = team.sum(along_partial);
-  T orth_partial = T(0);
+  team.sum(first);
+  T residual[2] = {T(0), T(0)};  // mu . g1, g1 . g1
 #pragma unroll
   for (int s = 0; s < BPT; ++s) {
 #pragma unroll
     for (int e = 0; e < K; ++e) {
-      gauss[s][e] -= along * mean_chunk[s][e];
-      orth_partial += gauss[s][e] * gauss[s][e];
+      gauss[s][e] -= first[0] * mean_chunk[s][e];
+      residual[0] += mean_chunk[s][e] * gauss[s][e];
+      residual[1] += gauss[s][e] * gauss[s][e];
     }
   }
-  const T orth_norm2 = team.sum(orth_partial);
+  team.sum(residual);
   if (!active) return;
-  const RowScales<T> scales = row_scales(a.radius, c, orth_norm2);
+  const RowScales<T> scales = row_scales(a, c, first[1], residual[0], residual[1], member);
   Out* out = a.out + row * a.dim;
 #pragma unroll
   for (int s = 0; s < BPT; ++s) store_row_chunk(a, out, member + static_cast<int64_t>(s) * Team::size, scales, mean_chunk[s], gauss[s]);
@@ -295,28 +158,33 @@ __device__ void sample_row_streaming(const SampleArgs<T, Out>& a, const BlockTea
   const uint64_t counter = a.offset + static_cast<uint64_t>(row);
   const int64_t num_blocks = drawn ? ceil_div(a.dim, K) : 0;
   T mean_chunk[K], gauss[K];
-  T along_partial = T(0);
-  for (int64_t block = member; block < num_blocks; block += BlockTeam::size) {
-    row_chunk(a, mean, counter, block, drawn, mean_chunk, gauss);
-#pragma unroll
-    for (int e = 0; e < K; ++e) along_partial += mean_chunk[e] * gauss[e];
-  }
-  const T along = team.sum(along_partial);
-  T orth_partial = T(0);
+  T first[2] = {T(0), T(0)};  // mu . g, mu . mu
   for (int64_t block = member; block < num_blocks; block += BlockTeam::size) {
     row_chunk(a, mean, counter, block, drawn, mean_chunk, gauss);
 #pragma unroll
     for (int e = 0; e < K; ++e) {
-      const T v = gauss[e] - along * mean_chunk[e];
-      orth_partial += v * v;
+      first[0] += mean_chunk[e] * gauss[e];
+      first[1] += mean_chunk[e] * mean_chunk[e];
     }
   }
-  const RowScales<T> scales = row_scales(a.radius, c, team.sum(orth_partial));
+  team.sum(first);
+  T residual[2] = {T(0), T(0)};  // mu . g1, g1 . g1
+  for (int64_t block = member; block < num_blocks; block += BlockTeam::size) {
+    row_chunk(a, mean, counter, block, drawn, mean_chunk, gauss);
+#pragma unroll
+    for (int e = 0; e < K; ++e) {
+      const T g1 = gauss[e] - first[0] * mean_chunk[e];
+      residual[0] += mean_chunk[e] * g1;
+      residual[1] += g1 * g1;
+    }
+  }
+  team.sum(residual);
+  const RowScales<T> scales = row_scales(a, c, first[1], residual[0], residual[1], member);
   Out* out = a.out + row * a.dim;
   for (int64_t block = member; block < ceil_div(a.dim, K); block += BlockTeam::size) {
     row_chunk(a, mean, counter, block, drawn, mean_chunk, gauss);
 #pragma unroll
-    for (int e = 0; e < K; ++e) gauss[e] -= along * mean_chunk[e];
+    for (int e = 0; e < K; ++e) gauss[e] -= first[0] * mean_chunk[e];
     store_row_chunk(a, out, block, scales, mean_chunk, gauss);
   }
 }
@@ -351,7 +219,7 @@ __global__ void __launch_bounds__(kThreads) sample_lane_team_kernel(const Sample
 template <typename T, typename Out, int BPT>
 __global__ void __launch_bounds__(kThreads) sample_block_team_kernel(const SampleArgs<T, Out> a, int tile_rows,
                                                                      int64_t num_tiles) {
-  __shared__ double scratch[kWarpsPerBlock];
+  __shared__ double scratch[kMaxBlockSums * kWarpsPerBlock];
   __shared__ RowCosine cosines[kMaxTileRows];
   const BlockTeam team{scratch};
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
@@ -397,16 +265,18 @@ cudaError_t launch_block_team(const SampleArgs<T, Out>& a, int multiprocessors, 
 }
 
 template <typename T, typename Out>
-cudaError_t sample_typed(const SampleParams& p, cudaStream_t stream) {
+cudaError_t sample_typed(const VmfSampleParams& p, cudaStream_t stream) {
   constexpr int K = NormalsPerBlock<T>::value;
   const SampleArgs<T, Out> a = {static_cast<const T*>(p.mean_direction),
-                                static_cast<const T*>(p.kappa),
+                                p.kappa,
                                 p.labels,
                                 static_cast<Out*>(p.out),
+                                p.status,
                                 p.num_rows,
                                 p.num_classes,
                                 p.dim,
                                 p.radius,
+                                p.unit_tolerance,
                                 p.seed,
                                 p.offset,
                                 rows_vectorizable(p.mean_direction, p.dim, sizeof(T), vector_width<T, K>()),
@@ -445,6 +315,7 @@ struct RowArgs {
   W* __restrict__ out;
   X* __restrict__ grad_x;
   W* __restrict__ grad_weight;
+  CheckStatus* status;
   int64_t num_rows, num_classes, dim;
   double radius;
   bool vector_x, vector_weight, vector_out;  // vector_out: `out` (scale) or `grad_x` (backward)
@@ -467,13 +338,16 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const RowArgs<X, W> a) {
        first < a.num_rows; first += warps * kRowsAtOnce) {
     const int64_t row = first + lane / Team::size;
     const bool active = row < a.num_rows;
+    bool live = active;
     int64_t label = 0;
-    if constexpr (OP != RowOp::kScaleToRadius) label = active ? a.labels[row] : -1;
-    // Negated in-range test: a label the glue could not check (graph capture) gives a NaN row.
-    const bool live = active && (OP == RowOp::kScaleToRadius || (label >= 0 && label < a.num_classes));
+    if constexpr (OP != RowOp::kScaleToRadius) {
+      label = active ? a.labels[row] : 0;
+      live = active && label >= 0 && label < a.num_classes;
+      if (active && !live && member == 0) report_bad_label(a.status, label);
+    }
     const X* x = a.x + (active ? row : 0) * a.x_row_stride;
     const W* w = a.weight + (live ? label : 0) * a.dim;
-    W dot = W(0), sumsq = W(0);
+    W sums[2] = {W(0), W(0)};  // w_y . x, x . x
     const int64_t chunks = live ? num_chunks : 0;
 #pragma unroll 4
     for (int64_t chunk = member; chunk < chunks; chunk += Team::size) {
@@ -484,19 +358,18 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const RowArgs<X, W> a) {
         W ws[K];
         load_chunk<K>(w + chunk * K, valid, a.vector_weight, ws);
 #pragma unroll
-        for (int e = 0; e < K; ++e) dot += ws[e] * xs[e];
+        for (int e = 0; e < K; ++e) sums[0] += ws[e] * xs[e];
       }
 #pragma unroll
-      for (int e = 0; e < K; ++e) sumsq += xs[e] * xs[e];
+      for (int e = 0; e < K; ++e) sums[1] += xs[e] * xs[e];
     }
-    if constexpr (OP != RowOp::kScaleToRadius) dot = team.sum(dot);
-    sumsq = team.sum(sumsq);
+    team.sum(sums);
     if (!active) continue;
     const W r = static_cast<W>(a.radius);
     if constexpr (OP == RowOp::kLogProb) {
-      if (member == 0) a.out[row] = live ? a.log_normalizer[label] + r * dot / sqrt(sumsq) : W(NAN);
+      if (member == 0) a.out[row] = live ? row_log_density(a.log_normalizer[label], r, sums[0], sums[1]) : W(NAN);
     } else if constexpr (OP == RowOp::kScaleToRadius) {
-      const W scale = r / sqrt(sumsq);
+      const W scale = row_scale_to_radius(r, sums[1]);
       W* out = a.out + row * a.dim;
       for (int64_t chunk = member; chunk < num_chunks; chunk += Team::size) {
         const int valid = chunk_valid(chunk, K, a.dim);
@@ -507,11 +380,8 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const RowArgs<X, W> a) {
         store_chunk<K>(out + chunk * K, valid, a.vector_out, xs);
       }
     } else {
-      // With n = ||x_i||: d/dx_i = along w_y - radial x_i, d/dw_y = along x_i, where
-      // along = r g_i / n and radial = along (w_y . x_i) / n^2 (as in the CPU kernel).
-      const W inv_norm = W(1) / sqrt(sumsq);
-      const W along = live ? r * a.grad[row] * inv_norm : W(NAN);
-      const W radial = along * dot * inv_norm * inv_norm;
+      const RowLogDensityGrad<W> g =
+          live ? row_log_density_grad(a.grad[row], r, sums[0], sums[1]) : RowLogDensityGrad<W>{W(NAN), W(NAN)};
       X* grad_x = a.grad_x != nullptr ? a.grad_x + row * a.dim : nullptr;
       W* grad_w = live && a.grad_weight != nullptr ? a.grad_weight + label * a.dim : nullptr;
       for (int64_t chunk = member; chunk < num_chunks; chunk += Team::size) {
@@ -521,13 +391,13 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const RowArgs<X, W> a) {
         if (grad_x != nullptr) {
           load_chunk<K>(w + chunk * K, live ? valid : 0, a.vector_weight, ws);
 #pragma unroll
-          for (int e = 0; e < K; ++e) ws[e] = along * ws[e] - radial * xs[e];
+          for (int e = 0; e < K; ++e) ws[e] = g.along * ws[e] - g.radial * xs[e];
           store_chunk<K>(grad_x + chunk * K, valid, a.vector_out, ws);
         }
         if (grad_w != nullptr) {
 #pragma unroll
           for (int e = 0; e < K; ++e) {
-            if (e < valid) atomicAdd(grad_w + chunk * K + e, along * xs[e]);
+            if (e < valid) atomicAdd(grad_w + chunk * K + e, g.along * xs[e]);
           }
         }
       }
@@ -535,8 +405,19 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const RowArgs<X, W> a) {
   }
 }
 
+// Teams of about num_chunks / 4 lanes: every lane keeps 4 chunks (64 bytes) of x in flight, and
+// small rows share a warp (8 rows of D = 64 float at once), so that the latency chain of a row
+// (label -> weight row -> reduction) is paid for many bytes at a time.
+template <typename Launch>
+cudaError_t launch_with_team(int64_t num_chunks, Launch&& launch) {
+  if (num_chunks <= 16) return launch(std::integral_constant<int, 4>());
+  if (num_chunks <= 32) return launch(std::integral_constant<int, 8>());
+  if (num_chunks <= 64) return launch(std::integral_constant<int, 16>());
+  return launch(std::integral_constant<int, 32>());
+}
+
 template <RowOp OP, typename X, typename W>
-cudaError_t launch_rows_typed(const RowParams& p, cudaStream_t stream) {
+cudaError_t launch_rows_typed(const VmfRowParams& p, cudaStream_t stream) {
   constexpr int K = row_chunk_elements<X>();
   void* vector_target = OP == RowOp::kBackward ? p.grad_x : p.out;
   const int vector_target_bytes = OP == RowOp::kBackward ? static_cast<int>(sizeof(X)) : static_cast<int>(sizeof(W));
@@ -550,6 +431,7 @@ cudaError_t launch_rows_typed(const RowParams& p, cudaStream_t stream) {
       static_cast<W*>(p.out),
       static_cast<X*>(p.grad_x),
       static_cast<W*>(p.grad_weight),
+      p.status,
       p.num_rows,
       p.num_classes,
       p.dim,
@@ -561,101 +443,231 @@ cudaError_t launch_rows_typed(const RowParams& p, cudaStream_t stream) {
   cudaError_t error = cudaSuccess;
   const int multiprocessors = multiprocessor_count(&error);
   if (error != cudaSuccess) return error;
-  const int64_t num_chunks = ceil_div(p.dim, K);
-  // Teams of about num_chunks / 4 lanes: every lane keeps 4 chunks (64 bytes) of x in flight, and
-  // small rows share a warp (8 rows of D = 64 float at once), so that the latency chain of a row
-  // (label -> weight row -> reduction) is paid for many bytes at a time.
-  const auto launch = [&](auto team_size) {
+  return launch_with_team(ceil_div(p.dim, K), [&](auto team_size) {
     constexpr int TEAM = decltype(team_size)::value;
     const int64_t warps_wanted = ceil_div(p.num_rows, kWarp / TEAM);
     const int grid = grid_for(ceil_div(warps_wanted, kWarpsPerBlock), multiprocessors);
     row_kernel<OP, X, W, LaneTeam<TEAM>><<<grid, kThreads, 0, stream>>>(a);
     return cudaGetLastError();
-  };
-  if (num_chunks <= 16) return launch(std::integral_constant<int, 4>());
-  if (num_chunks <= 32) return launch(std::integral_constant<int, 8>());
-  if (num_chunks <= 64) return launch(std::integral_constant<int, 16>());
-  return launch(std::integral_constant<int, 32>());
+  });
 }
 
 template <RowOp OP>
-cudaError_t launch_rows(const RowParams& p, cudaStream_t stream) {
-  if (p.num_rows == 0) return cudaSuccess;
-  if (p.weight_dtype == Dtype::kFloat64 && p.x_dtype == Dtype::kFloat64) return launch_rows_typed<OP, double, double>(p, stream);
-  if (p.weight_dtype == Dtype::kFloat32) {
-    switch (p.x_dtype) {
-      case Dtype::kFloat32: return launch_rows_typed<OP, float, float>(p, stream);
-      case Dtype::kFloat16: return launch_rows_typed<OP, __half, float>(p, stream);
-      case Dtype::kBFloat16: return launch_rows_typed<OP, __nv_bfloat16, float>(p, stream);
-      case Dtype::kFloat64: break;
-    }
-  }
-  return cudaErrorInvalidValue;
+cudaError_t launch_rows(const VmfRowParams& p, cudaStream_t stream) {
+  return dispatch_x_weight(p.x_dtype, p.weight_dtype, [&](auto x_tag, auto w_tag) {
+    return launch_rows_typed<OP, decltype(x_tag), decltype(w_tag)>(p, stream);
+  });
 }
 
 // ------------------------------------------------------------------------------------------------
-// Elementwise special functions, in double (the glue converts to and from the caller's dtype).
+// vmf_cosine_kappa_grad: one thread per element, grid-stride. Each element runs an adaptive
+// quadrature (1 to 4 panels of 21 points on average), so threads of a warp diverge a little.
 
-template <SpecialFunction F>
-__global__ void __launch_bounds__(kThreads) special_kernel(const SpecialParams p) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; k < p.numel; k += stride) {
-    const double order = p.order != nullptr ? p.order[k] : p.order_scalar;
-    const double x = p.x[k];
-    if constexpr (F == SpecialFunction::kLogBesselIv) p.out[k] = log_bessel_iv(order, x);
-    if constexpr (F == SpecialFunction::kBesselIvRatio) p.out[k] = bessel_iv_ratio(order, x);
-    if constexpr (F == SpecialFunction::kVmfLogNormalizer) p.out[k] = vmf_log_normalizer(order, x);
+constexpr int kQuadratureThreads = 128;  // the panel stack lives in local memory: fewer threads per block
+
+__global__ void __launch_bounds__(kQuadratureThreads) cosine_kappa_grad_kernel(const CosineKappaGradParams p) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kQuadratureThreads;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kQuadratureThreads + threadIdx.x; k < p.numel; k += stride) {
+    p.out[k] = penact::vmf_cosine_kappa_grad(p.dim, p.kappa[k], p.t[k], p.sine[k]);
   }
 }
 
-template <SpecialFunction F>
-cudaError_t launch_special_typed(const SpecialParams& p, cudaStream_t stream) {
+int quadrature_grid(int64_t numel, int multiprocessors) {
+  const int64_t blocks = ceil_div(numel, kQuadratureThreads);
+  const int64_t cap = static_cast<int64_t>(multiprocessors) * 16;
+  return static_cast<int>(blocks < 1 ? 1 : blocks < cap ? blocks : cap);
+}
+
+// ------------------------------------------------------------------------------------------------
+// The backward of vmf_rsample (core/vmf_rows.h).
+
+template <typename T>
+struct RsampleArgs {
+  const T* __restrict__ grad;
+  int64_t grad_row_stride;
+  const T* __restrict__ sample;
+  const T* __restrict__ mean_direction;
+  const T* __restrict__ kappa;
+  const int64_t* __restrict__ labels;
+  T* grad_mean_direction;
+  double* grad_kappa;
+  double* row_scalars;  // [5, N]: t, g . mu, s^2, g . o, kappa term
+  CheckStatus* status;
+  int64_t num_rows, num_classes, dim;
+  double radius;
+  bool vector_grad, vector_sample, vector_mean;
+};
+
+// Chunk `chunk` of a row's draw x, incoming gradient g and mean direction mu.
+template <int K, typename T>
+__device__ __forceinline__ void load_row_chunks(const RsampleArgs<T>& a, const T* x, const T* g, const T* mu,
+                                                int64_t chunk, int valid, T (&xs)[K], T (&gs)[K], T (&ms)[K]) {
+  load_chunk<K>(x + chunk * K, valid, a.vector_sample, xs);
+  load_chunk<K>(g + chunk * K, valid, a.vector_grad, gs);
+  load_chunk<K>(mu + chunk * K, valid, a.vector_mean, ms);
+}
+
+// A team per row: (x . mu, g . mu), then (o . o, g . o) when the kappa gradient is wanted; the row's
+// scalars go to row_scalars, and its term of grad_mu is added with atomics.
+template <typename T, typename Team>
+__global__ void __launch_bounds__(kThreads) rsample_backward_rows_kernel(const RsampleArgs<T> a) {
+  constexpr int K = row_chunk_elements<T>();
+  constexpr int kRowsAtOnce = kWarp / Team::size;
+  const Team team;
+  const int lane = threadIdx.x % kWarp, member = lane % Team::size;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  const int64_t num_chunks = ceil_div(a.dim, K);
+  const int64_t n = a.num_rows;
+  for (int64_t first = (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp) * kRowsAtOnce;
+       first < n; first += warps * kRowsAtOnce) {
+    const int64_t row = first + lane / Team::size;
+    const bool active = row < n;
+    const int64_t label = active ? a.labels[row] : 0;
+    const bool live = active && label >= 0 && label < a.num_classes;
+    if (active && !live && member == 0) report_bad_label(a.status, label);
+    const T* x = a.sample + (live ? row : 0) * a.dim;
+    const T* g = a.grad + (live ? row : 0) * a.grad_row_stride;
+    const T* mu = a.mean_direction + (live ? label : 0) * a.dim;
+    const int64_t chunks = live ? num_chunks : 0;
+    T dots[2] = {T(0), T(0)};  // x . mu, g . mu
+    for (int64_t chunk = member; chunk < chunks; chunk += Team::size) {
+      const int valid = chunk_valid(chunk, K, a.dim);
+      T xs[K], gs[K], ms[K];
+      load_row_chunks(a, x, g, mu, chunk, valid, xs, gs, ms);
+#pragma unroll
+      for (int e = 0; e < K; ++e) {
+        dots[0] += xs[e] * ms[e];
+        dots[1] += gs[e] * ms[e];
+      }
+    }
+    team.sum(dots);
+    const T radius = static_cast<T>(a.radius);
+    const T t = dots[0] / radius, rt = radius * t, along = dots[1];
+    T across[2] = {T(0), T(0)};  // o . o, g . o
+    if (a.grad_kappa != nullptr) {
+      for (int64_t chunk = member; chunk < chunks; chunk += Team::size) {
+        const int valid = chunk_valid(chunk, K, a.dim);
+        T xs[K], gs[K], ms[K];
+        load_row_chunks(a, x, g, mu, chunk, valid, xs, gs, ms);
+#pragma unroll
+        for (int e = 0; e < K; ++e) {
+          const T o = xs[e] - rt * ms[e];
+          across[0] += o * o;
+          across[1] += gs[e] * o;
+        }
+      }
+      team.sum(across);
+    }
+    if (!live) continue;
+    if (member == 0) {
+      a.row_scalars[row] = static_cast<double>(t);
+      a.row_scalars[n + row] = static_cast<double>(along);
+      a.row_scalars[2 * n + row] = static_cast<double>(across[0] / (radius * radius));
+      a.row_scalars[3 * n + row] = static_cast<double>(across[1]);
+    }
+    if (a.grad_mean_direction == nullptr) continue;
+    T* out = a.grad_mean_direction + label * a.dim;
+    for (int64_t chunk = member; chunk < num_chunks; chunk += Team::size) {
+      const int valid = chunk_valid(chunk, K, a.dim);
+      T xs[K], gs[K], ms[K];
+      load_row_chunks(a, x, g, mu, chunk, valid, xs, gs, ms);
+#pragma unroll
+      for (int e = 0; e < K; ++e) {
+        if (e < valid) atomicAdd(out + chunk * K + e, rt * gs[e] - along * (xs[e] - rt * ms[e]));
+      }
+    }
+  }
+}
+
+// One thread per row: dt/dkappa, the row's kappa term, added into grad_kappa[y] in float64.
+template <typename T>
+__global__ void __launch_bounds__(kQuadratureThreads) rsample_backward_kappa_kernel(const RsampleArgs<T> a) {
+  const int64_t n = a.num_rows;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kQuadratureThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kQuadratureThreads + threadIdx.x; i < n; i += stride) {
+    const int64_t y = a.labels[i];
+    if (!(y >= 0 && y < a.num_classes)) continue;  // reported by the rows kernel
+    const double t = a.row_scalars[i], along = a.row_scalars[n + i], sine2 = a.row_scalars[2 * n + i];
+    const double dt_dkappa = penact::vmf_cosine_kappa_grad(static_cast<double>(a.dim), static_cast<double>(a.kappa[y]), t,
+                                                   sqrt(sine2));
+    const double term = rsample_kappa_row(dt_dkappa, a.radius, t, sine2, along, a.row_scalars[3 * n + i]);
+    a.row_scalars[4 * n + i] = term;
+    atomicAdd(a.grad_kappa + y, term);
+  }
+}
+
+template <typename T>
+cudaError_t rsample_backward_typed(const RsampleBackwardParams& p, cudaStream_t stream) {
+  constexpr int K = row_chunk_elements<T>();
+  constexpr int V = vector_width<T, K>();
+  const RsampleArgs<T> a = {static_cast<const T*>(p.grad),
+                            p.grad_row_stride,
+                            static_cast<const T*>(p.sample),
+                            static_cast<const T*>(p.mean_direction),
+                            static_cast<const T*>(p.kappa),
+                            p.labels,
+                            static_cast<T*>(p.grad_mean_direction),
+                            p.grad_kappa,
+                            p.row_scalars,
+                            p.status,
+                            p.num_rows,
+                            p.num_classes,
+                            p.dim,
+                            p.radius,
+                            rows_vectorizable(p.grad, p.grad_row_stride, sizeof(T), V),
+                            rows_vectorizable(p.sample, p.dim, sizeof(T), V),
+                            rows_vectorizable(p.mean_direction, p.dim, sizeof(T), V)};
   cudaError_t error = cudaSuccess;
   const int multiprocessors = multiprocessor_count(&error);
   if (error != cudaSuccess) return error;
-  special_kernel<F><<<grid_for(ceil_div(p.numel, kThreads), multiprocessors), kThreads, 0, stream>>>(p);
+  error = launch_with_team(ceil_div(p.dim, K), [&](auto team_size) {
+    constexpr int TEAM = decltype(team_size)::value;
+    const int64_t warps_wanted = ceil_div(p.num_rows, kWarp / TEAM);
+    const int grid = grid_for(ceil_div(warps_wanted, kWarpsPerBlock), multiprocessors);
+    rsample_backward_rows_kernel<T, LaneTeam<TEAM>><<<grid, kThreads, 0, stream>>>(a);
+    return cudaGetLastError();
+  });
+  if (error != cudaSuccess || p.grad_kappa == nullptr) return error;
+  rsample_backward_kappa_kernel<T><<<quadrature_grid(p.num_rows, multiprocessors), kQuadratureThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_vmf_sample(const SampleParams& params, cudaStream_t stream) {
+cudaError_t vmf_sample(const VmfSampleParams& params, cudaStream_t stream) {
   if (params.num_rows == 0) return cudaSuccess;
-  if (params.compute == Dtype::kFloat64 && params.out_dtype == Dtype::kFloat64) {
-    return sample_typed<double, double>(params, stream);
-  }
-  if (params.compute == Dtype::kFloat32) {
-    switch (params.out_dtype) {
-      case Dtype::kFloat32: return sample_typed<float, float>(params, stream);
-      case Dtype::kFloat16: return sample_typed<float, __half>(params, stream);
-      case Dtype::kBFloat16: return sample_typed<float, __nv_bfloat16>(params, stream);
-      case Dtype::kFloat64: break;
-    }
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_x_weight(params.out_dtype, params.compute, [&](auto out_tag, auto compute_tag) {
+    return sample_typed<decltype(compute_tag), decltype(out_tag)>(params, stream);
+  });
 }
 
-cudaError_t launch_vmf_log_prob(const RowParams& params, cudaStream_t stream) {
+cudaError_t vmf_log_prob(const VmfRowParams& params, cudaStream_t stream) {
+  if (params.num_rows == 0) return cudaSuccess;
   return launch_rows<RowOp::kLogProb>(params, stream);
 }
 
-cudaError_t launch_vmf_log_prob_backward(const RowParams& params, cudaStream_t stream) {
+cudaError_t vmf_log_prob_backward(const VmfRowParams& params, cudaStream_t stream) {
+  if (params.num_rows == 0) return cudaSuccess;
   return launch_rows<RowOp::kBackward>(params, stream);
 }
 
-cudaError_t launch_scale_rows_to_radius(const RowParams& params, cudaStream_t stream) {
+cudaError_t vmf_scale_rows_to_radius(const VmfRowParams& params, cudaStream_t stream) {
+  if (params.num_rows == 0) return cudaSuccess;
   return launch_rows<RowOp::kScaleToRadius>(params, stream);
 }
 
-cudaError_t launch_special_function(const SpecialParams& params, cudaStream_t stream) {
+cudaError_t vmf_cosine_kappa_grad(const CosineKappaGradParams& params, cudaStream_t stream) {
   if (params.numel == 0) return cudaSuccess;
-  switch (params.function) {
-    case SpecialFunction::kLogBesselIv: return launch_special_typed<SpecialFunction::kLogBesselIv>(params, stream);
-    case SpecialFunction::kBesselIvRatio: return launch_special_typed<SpecialFunction::kBesselIvRatio>(params, stream);
-    case SpecialFunction::kVmfLogNormalizer:
-      return launch_special_typed<SpecialFunction::kVmfLogNormalizer>(params, stream);
-  }
-  return cudaErrorInvalidValue;
+  cudaError_t error = cudaSuccess;
+  const int multiprocessors = multiprocessor_count(&error);
+  if (error != cudaSuccess) return error;
+  cosine_kappa_grad_kernel<<<quadrature_grid(params.numel, multiprocessors), kQuadratureThreads, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+cudaError_t vmf_rsample_backward(const RsampleBackwardParams& params, cudaStream_t stream) {
+  if (params.num_rows == 0) return cudaSuccess;
+  return dispatch_compute(params.dtype, [&](auto tag) { return rsample_backward_typed<decltype(tag)>(params, stream); });
 }
 
 }  // namespace cuda

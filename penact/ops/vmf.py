@@ -1,7 +1,8 @@
-"""The sphere (von Mises-Fisher) family's operators: the log-normalizer, the fused sampler and
-labelled log-density (with backward), the all-classes log-density, and differentiable sampling;
-typed wrappers over ``torch.ops.penact.vmf_*`` (schemas and argument checks in ``csrc/vmf.cpp``),
-their fake kernels for ``torch.compile`` and their backward passes.
+"""The sphere (von Mises-Fisher) family's operators: the fused sampler and labelled log-density
+(with backward), the all-classes log-density, and differentiable sampling; typed wrappers over
+``torch.ops.penact.vmf_*`` (schemas and argument checks in ``csrc/vmf.cpp``), their fake kernels
+for ``torch.compile`` and their backward passes. The log-normalizer is with the special functions
+(:mod:`penact.ops.special`).
 
 Differentiable sampling (``vmf_rsample``; docs/model.md, "Gradients of samples"). A draw is
 ``u = t mu + sqrt(1 - t^2) v``, with the cosine ``t`` from Wood's step and ``v`` a unit vector
@@ -31,24 +32,9 @@ import torch
 from torch import Tensor
 
 from ._library import as_int64, library
-from .special import bessel_iv_ratio
 
-__all__ = ["vmf_log_normalizer", "vmf_mean_resultant", "vmf_sample", "vmf_log_prob", "vmf_log_prob_all",
+__all__ = ["vmf_sample", "vmf_log_prob", "vmf_log_prob_all",
            "vmf_cosine_kappa_grad", "vmf_rsample", "vmf_rsample_backward"]
-
-
-def vmf_log_normalizer(dim: int, kappa: Tensor) -> Tensor:
-    r"""``log C_D(kappa)`` for the von Mises-Fisher density on the unit sphere ``S^{D-1}`` w.r.t.
-    its uniform surface measure: ``(D/2-1) log k - (D/2) log(2 pi) - log I_{D/2-1}(k)``,
-    and ``log Gamma(D/2) - log 2 - (D/2) log pi`` at ``k = 0``. ``kappa: [...]``, ``dim >= 2``.
-    Differentiable in ``kappa``: ``d/dk log C_D(k) = -A_D(k)``.
-    """
-    return library.vmf_log_normalizer.default(kappa, int(dim))
-
-
-def vmf_mean_resultant(dim: int, kappa: Tensor) -> Tensor:
-    r"""``A_D(kappa) = I_{D/2}(kappa) / I_{D/2-1}(kappa)``, the mean cosine ``E[mu . u]``."""
-    return bessel_iv_ratio(0.5 * dim - 1.0, kappa)
 
 
 def vmf_sample(mean_direction: Tensor, kappa: Tensor, labels: Tensor, radius: float, seed: int, offset: int,
@@ -84,11 +70,6 @@ def vmf_log_prob_all(x: Tensor, weight: Tensor, log_normalizer: Tensor, radius: 
 # Fake kernels: shapes and dtypes only, for torch.compile and meta tensors.
 
 
-@torch.library.register_fake("penact::vmf_log_normalizer")
-def _(kappa, dim):
-    return torch.empty_like(kappa)
-
-
 @torch.library.register_fake("penact::vmf_sample")
 def _(mean_direction, kappa, labels, radius, seed, offset, dtype=None):
     return mean_direction.new_empty(labels.shape[0], mean_direction.shape[1], dtype=dtype)
@@ -113,17 +94,6 @@ def _(x, weight, log_normalizer, radius):
 
 # ---------------------------------------------------------------------------------------------
 # Backward passes.
-
-
-def _setup_log_normalizer(ctx, inputs, output):
-    kappa, dim = inputs
-    ctx.dim = dim
-    ctx.save_for_backward(kappa)
-
-
-def _log_normalizer_backward(ctx, grad):
-    (kappa,) = ctx.saved_tensors
-    return -grad * vmf_mean_resultant(ctx.dim, kappa), None
 
 
 def _setup_log_prob(ctx, inputs, output):
@@ -169,8 +139,6 @@ def _log_prob_all_backward(ctx, grad):
     return grad_x, grad_weight, grad_lognorm, None
 
 
-torch.library.register_autograd("penact::vmf_log_normalizer", _log_normalizer_backward,
-                                setup_context=_setup_log_normalizer)
 torch.library.register_autograd("penact::vmf_log_prob", _log_prob_backward, setup_context=_setup_log_prob)
 torch.library.register_autograd("penact::vmf_log_prob_all", _log_prob_all_backward, setup_context=_setup_log_prob_all)
 
@@ -245,24 +213,21 @@ def vmf_rsample_backward(grad: Tensor, sample: Tensor, mean_direction: Tensor, k
         grad_mu    = r t grad - (grad . mu) o,
         grad_kappa = (dt/dkappa) (r grad . mu - t (grad . o) / s^2),
 
-    ``dt/dkappa`` from :func:`vmf_cosine_kappa_grad`. On the CPU one fused pass over the rows
-    (``torch.ops.penact.vmf_rsample_backward``, not differentiable); elsewhere
-    :func:`_rsample_backward_composite`, its torch-operator twin. An unrequested gradient is
-    returned as ``None``.
+    ``dt/dkappa`` from :func:`vmf_cosine_kappa_grad`: one fused kernel on every device
+    (``torch.ops.penact.vmf_rsample_backward``, not differentiable; its torch-operator twin
+    :func:`_rsample_backward_composite` is the test oracle and carries second derivatives). An
+    unrequested gradient is returned as ``None``.
     """
-    if sample.device.type == "cpu":
-        grad_mu, grad_kappa = library.vmf_rsample_backward.default(grad, sample, mean_direction, kappa, labels,
-                                                                float(radius), need_mean_direction_grad,
-                                                                need_kappa_grad)
-        return (grad_mu if need_mean_direction_grad else None, grad_kappa if need_kappa_grad else None)
-    return _rsample_backward_composite(grad, sample, mean_direction, kappa, labels, radius,
-                                       need_mean_direction_grad, need_kappa_grad)
+    grad_mu, grad_kappa = library.vmf_rsample_backward.default(grad, sample, mean_direction, kappa, labels,
+                                                            float(radius), need_mean_direction_grad, need_kappa_grad)
+    return (grad_mu if need_mean_direction_grad else None, grad_kappa if need_kappa_grad else None)
 
 
 def _rsample_backward_composite(grad: Tensor, sample: Tensor, mean_direction: Tensor, kappa: Tensor,
                                 labels: Tensor, radius: float, need_mean_direction_grad: bool,
                                 need_kappa_grad: bool) -> tuple[Tensor | None, Tensor | None]:
-    """:func:`vmf_rsample_backward` in torch operators: the CUDA path and the CPU kernel's test oracle.
+    """:func:`vmf_rsample_backward` in torch operators: the fused kernel's test oracle, and the
+    backward under ``create_graph=True`` (its graph has second derivatives in mean_direction).
     Memory-bound: a handful of passes over ``[N, D]``."""
     labels = labels.long()
     mu = mean_direction.index_select(0, labels)

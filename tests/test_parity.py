@@ -1,5 +1,6 @@
-"""The CUDA back-end against the CPU back-end (the oracle: the same core math, tested on its own in
-the other files), plus what only a GPU has: streams, devices, graph capture.
+"""CPU-vs-CUDA parity for every operator, plus what only a GPU has: streams, devices, graph capture,
+the skipping of device checks. The CPU back-end is the oracle here (the same core math, tested on
+its own, on every device, in the other files).
 
 Tolerances are derived, not guessed: both devices run the same formulas, so they differ only by
 FMA contraction, summation order and the last bits of libm functions. For a sample row that
@@ -12,14 +13,14 @@ import math
 import pytest
 import torch
 
+from conftest import EPS, assert_ran_cleanly, run_isolated
 from penact import ops
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device: the CUDA kernels are compiled but cannot run here")
 
 CUDA = "cuda"
-EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
-# Kappas from the uniform law to the float32-tail regime (SPEC section 3: 0 .. 1e7).
+# Kappas from the uniform law to the float32-tail regime (0 .. 1e7, docs/model.md).
 KAPPAS = [0.0, 0.3, 2.0, 10.0, 64.0, 1e3, 1e5, 1e7]
 # Dimensions that reach every kernel tier (lane teams of 4/16/32 lanes with 1-8 Philox blocks per
 # lane, block teams with 2/4/8 blocks per thread, the streaming path) and partial last blocks.
@@ -111,17 +112,63 @@ def test_rows_are_independent_of_the_batch(dim, rng):
         assert torch.equal(part, full[begin:end])
 
 
-def test_invalid_concentration_and_labels_give_nan_rows(rng):
+def test_invalid_concentration_gives_nan_rows(rng):
     dim = 40
     mu, _ = random_classes(rng, 5, dim, torch.float32)
     kappa = torch.tensor([1.0, float("nan"), float("inf"), -1.0, 5.0])
     labels = torch.arange(5).repeat(20)
-    for device in ("cpu", CUDA):
-        out = ops.vmf_sample(mu.to(device), kappa.to(device), labels.to(device), 1.0, 7, 0).cpu()
-        bad = (labels >= 1) & (labels <= 3)
-        assert out[bad].isnan().all() and out[~bad].isfinite().all()
-    with pytest.raises(RuntimeError, match="labels must lie in"):
-        ops.vmf_sample(mu.to(CUDA), kappa.to(CUDA), torch.tensor([0, 5], device=CUDA), 1.0, 7, 0)
+    out = ops.vmf_sample(mu.to(CUDA), kappa.to(CUDA), labels.to(CUDA), 1.0, 7, 0).cpu()
+    bad = (labels >= 1) & (labels <= 3)
+    assert out[bad].isnan().all() and out[~bad].isfinite().all()
+
+
+BAD_LABELS_ON_CUDA = """
+import torch
+from penact import RectifiedDistribution, SphereDistribution, ops
+mu = torch.nn.functional.normalize(torch.randn(5, 40), dim=1).cuda()
+kappa = torch.rand(5).cuda() * 10
+x = torch.randn(2, 40).cuda()
+for labels in ([0, 5], [-1, 2]):
+    bad = torch.tensor(labels, device="cuda")
+    calls = {
+        "vmf_sample": lambda: ops.vmf_sample(mu, kappa, bad, 1.0, 7, 0),
+        "vmf_log_prob": lambda: ops.vmf_log_prob(x, mu, kappa, bad, 1.0),
+        "vmf_rsample_backward": lambda: ops.vmf_rsample_backward(x, x, mu, kappa, bad, 1.0),
+        "rectified_sample": lambda: ops.rectified_sample(mu, kappa, kappa, bad, 1, 0),
+        "rectified_log_prob": lambda: ops.rectified_log_prob(x.relu(), mu, kappa, kappa, kappa, bad),
+        "vmf_log_prob_backward": lambda: torch.ops.penact.vmf_log_prob_backward(
+            x[:, 0], x, mu, bad, 1.0, True, True),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+        except ValueError as error:
+            assert "labels must lie in [0, 5)" in str(error), (name, str(error))
+        else:
+            raise AssertionError(f"{name} accepted labels {labels}")
+print("ok")
+"""
+
+
+def test_out_of_range_labels_raise_on_cuda():
+    """The first GPU run (H200, 2026-11-27) saw this call kill the process with SIGSEGV instead of
+    raising; it runs in a process of its own, so that a crash fails this test alone, with its signal."""
+    result = run_isolated(BAD_LABELS_ON_CUDA)
+    assert_ran_cleanly(result)
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_skip_device_checks_gives_nan_rows_without_raising(rng):
+    mu, kappa = random_classes(rng, 4, 33, torch.float32)
+    labels = torch.tensor([0, 4, 1, -2], device=CUDA)
+    with ops.skip_device_checks():
+        out = ops.vmf_sample(mu.to(CUDA), kappa.to(CUDA), labels, 1.0, 3, 0)
+        lp = ops.vmf_log_prob(out.nan_to_num(), mu.to(CUDA), kappa.to(CUDA), labels, 1.0)
+    bad = torch.tensor([False, True, False, True], device=CUDA)
+    assert out[bad].isnan().all() and out[~bad].isfinite().all()
+    assert lp[bad].isnan().all() and lp[~bad].isfinite().all()
+    with pytest.raises(ValueError, match="labels must lie"):  # restored on exit
+        ops.vmf_sample(mu.to(CUDA), kappa.to(CUDA), labels, 1.0, 3, 0)
 
 
 def test_graph_capture_guards_labels_with_nan_rows(rng):
@@ -398,3 +445,106 @@ def test_second_device(rng):
         assert b.device == torch.device("cuda:1")
         # same code; equal up to rounding if the two GPUs are of different architectures
         torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# The rectified family
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [1, 5, 130, 300])
+def test_rectified_operators_match_cpu(dim, dtype, rng):
+    from test_rectified import random_activations, random_params
+
+    n, c = 400, 5
+    weight, _, scale, zero_mass = random_params(rng, c, dim, dtype, spread=2.0)
+    labels = torch.randint(0, c, (n,), generator=rng)
+    a = random_activations(rng, n, dim, dtype)
+    params = (weight, scale, zero_mass)
+    on_cuda = tuple(t.to(CUDA) for t in params)
+    eps = EPS[dtype]
+    # Samples: the same decision per coordinate (one product, no rounding freedom), the values up to
+    # FMA contraction of the quantile's polynomials and libm's last bits in the own-stream draws.
+    cpu = ops.rectified_sample(*params, labels, 11, 7)
+    gpu = ops.rectified_sample(*on_cuda, labels.to(CUDA), 11, 7).cpu()
+    assert torch.equal(cpu == 0, gpu == 0)
+    torch.testing.assert_close(gpu, cpu, rtol=64 * eps, atol=64 * eps)
+    # Tables: float64 inside, rounded once; the partition sums D terms in another order.
+    stats = ops.rectified_coordinate_stats(*params)
+    torch.testing.assert_close(ops.rectified_coordinate_stats(*on_cuda).cpu(), stats, rtol=4 * eps, atol=4 * eps)
+    log_z = ops.rectified_log_partition(*params)
+    torch.testing.assert_close(ops.rectified_log_partition(*on_cuda).cpu(), log_z, rtol=4 * eps,
+                               atol=4 * eps * float(stats[0].abs().sum(dim=1).max()))
+    # Densities: D-term sums in the weight's dtype in different orders: a few sqrt(D) ulps of the
+    # sum of the absolute terms.
+    terms = (weight[labels] * a).abs().sum(dim=1) + (a * a / (2 * scale * scale)).sum(dim=1) + zero_mass.log().abs().clamp_max(1e3).sum() + log_z.abs()[labels]
+    tolerance = 16 * eps * math.sqrt(dim) * terms
+    lp = ops.rectified_log_prob(a, *params, log_z, labels)
+    lp_gpu = ops.rectified_log_prob(a.to(CUDA), *on_cuda, log_z.to(CUDA), labels.to(CUDA)).cpu()
+    assert (lp.isinf() == lp_gpu.isinf()).all()
+    finite = lp.isfinite()
+    assert ((lp_gpu[finite] - lp[finite]).abs() <= tolerance[finite]).all()
+    every = ops.rectified_log_prob_all(a, *params, log_z)
+    every_gpu = ops.rectified_log_prob_all(a.to(CUDA), *on_cuda, log_z.to(CUDA)).cpu()
+    tf32 = dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+    finite = every.isfinite()
+    assert torch.equal(finite, every_gpu.isfinite())
+    scale_all = (a.abs() @ weight.abs().t()) + terms[:, None]
+    assert ((every_gpu - every).abs()[finite] <= (2.0**-10 if tf32 else 16 * eps) * math.sqrt(dim) * scale_all[finite]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [3, 130])
+def test_rectified_backward_matches_cpu(dim, dtype, rng):
+    from test_rectified import random_activations, random_params
+
+    n, c = 600, 4
+    weight, _, scale, zero_mass = random_params(rng, c, dim, dtype)
+    zero_mass = zero_mass + 0.1  # the zero-mass gradient divides by m
+    labels = torch.randint(0, c, (n,), generator=rng)
+    a = random_activations(rng, n, dim, dtype)
+    grad = torch.randn(n, generator=rng, dtype=torch.float64).to(dtype)
+    backward = torch.ops.penact.rectified_log_prob_backward.default
+    cpu = backward(grad, a, weight, scale, zero_mass, labels, True, True, True, True)
+    gpu = backward(*(t.to(CUDA) for t in (grad, a, weight, scale, zero_mass, labels)), True, True, True, True)
+    eps = EPS[dtype]
+    g = grad.double().abs()[:, None]
+    # grad_a per entry; the sums over rows (atomics on CUDA) up to sqrt(N) ulps of their absolute terms
+    magnitudes = [g * (weight.double()[labels].abs() + a.double() / scale.double() ** 2),
+                  torch.zeros(c, dim, dtype=torch.float64).index_add_(0, labels, g * a.double().abs()),
+                  (g * a.double() ** 2).sum(dim=0) / scale.double() ** 3,
+                  (g * (a == 0)).sum(dim=0) / zero_mass.double()]
+    for name, mine, theirs, magnitude, terms in zip(("a", "weight", "scale", "zero_mass"), cpu, gpu, magnitudes,
+                                                    (1, n, n, n)):
+        error = (theirs.double().cpu() - mine.double()).abs()
+        assert (error <= 16 * eps * math.sqrt(terms) * magnitude + 1e-300).all(), name
+
+
+# ------------------------------------------------------------------------------------------------
+# The fused backward of vmf_rsample
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [2, 3, 64, 513])
+def test_rsample_backward_matches_cpu(dim, dtype, rng):
+    mu, kappa = random_classes(rng, 6, dim, dtype)
+    labels = torch.randint(0, 6, (500,), generator=rng)
+    sample = ops.vmf_sample(mu, kappa, labels, 1.3, 3, 0)
+    grad = torch.randn(500, dim, generator=rng, dtype=torch.float64).to(dtype)
+    cpu = ops.vmf_rsample_backward(grad, sample, mu, kappa, labels, 1.3)
+    gpu = ops.vmf_rsample_backward(*(t.to(CUDA) for t in (grad, sample, mu, kappa, labels)), 1.3)
+    eps = EPS[dtype]
+    # grad_mu: per row r t g - (g . mu) o, summed over a class's rows (atomics on CUDA)
+    magnitude = torch.zeros(6, dim, dtype=torch.float64).index_add_(
+        0, labels, 1.3 * grad.double().abs() + (grad.double() * mu.double()[labels]).sum(1, keepdim=True).abs()
+        * sample.double().abs() * 2)
+    assert ((gpu[0].double().cpu() - cpu[0].double()).abs() <= 16 * eps * math.sqrt(500 * dim) * magnitude).all()
+    # grad_kappa: per row dt/dkappa (float64 quadrature, the same core) times dot products formed in
+    # dtype, each within sqrt(D) ulps of the norms that bound it, summed over a class's rows
+    x, m = sample.double(), mu.double()[labels]
+    t = (x * m).sum(dim=1) / 1.3
+    o = x - 1.3 * t[:, None] * m
+    sine2 = o.square().sum(dim=1) / 1.3**2
+    dt = ops.vmf_cosine_kappa_grad(dim, kappa.double()[labels], t, sine2.sqrt())
+    g = grad.double().norm(dim=1)
+    rows = dt.abs() * (1.3 * g + t.abs() * g * o.norm(dim=1) / sine2)
+    bound = torch.zeros(6, dtype=torch.float64).index_add_(0, labels, rows)
+    assert ((gpu[1].double().cpu() - cpu[1].double()).abs() <= 64 * eps * math.sqrt(dim) * bound).all()
