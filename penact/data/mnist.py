@@ -117,7 +117,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays and nothing else: a pickle can call any importable function, and the
     wheel's checksum only vouches for the file we measured, not for what a future parser meets."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+    # The wheel's pickle (Python 2, numpy 1) names the first three; numpy 2 under Python 3 writes
+    # numpy._core and, at protocol 2, bytes through _codecs.encode.
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
