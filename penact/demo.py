@@ -104,15 +104,15 @@ def run_demo(out: Path | str, epochs: int = 20, seed: int = 0, samples_per_class
 
     torch.manual_seed(seed)
     model = teacher_cnn(num_classes=num_classes).to(device)
-    labels = data.train_labels.to(device)
+    images, labels = data.train_images.to(device), data.train_labels.to(device)
     started = time.perf_counter()
-    train_classifier(model, data.train_images.to(device), labels, epochs, seed=seed, progress=progress, desc="teacher")
+    train_classifier(model, images, labels, epochs, seed=seed, progress=progress, desc="teacher")
     synchronize(device)  # the clock stops when the GPU has run the last step, not when it was queued
     train_seconds = time.perf_counter() - started
     test_accuracy = accuracy(model, data.test_images.to(device), data.test_labels.to(device))
 
     with torch.no_grad():
-        activations = model.features(data.train_images.to(device))
+        activations = model.features(images)
     real_units = activations.double() / activations.double().norm(dim=1, keepdim=True)
     sample_labels = torch.arange(num_classes, device=device).repeat_interleave(samples_per_class)
 

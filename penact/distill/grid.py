@@ -242,7 +242,7 @@ def _markdown(summary: dict, methods: list[str], transfers: list[str], command: 
     lines += ["", "## Where the time goes", "",
               f"On {settings.get('device', 'cpu')}. Seconds per step: a run's wall-clock time over its steps, pool "
               "synthesis included; the shares are of that time. On CUDA each part is timed on the GPU by CUDA events "
-              "around it, read at checkpoints and at the end of the run (no synchronization per step).", "",
+              "around it, read with the loss every log interval (no synchronization per step).", "",
               "| method | seconds per run | seconds per step | pool synthesis | sampler | log-density |",
               "|---|---|---|---|---|---|"]
     for method, shares in summary["timing_shares"].items():

@@ -20,9 +20,8 @@ None (``batches`` says what resuming means for each).
 
 Devices: the teacher, the student, the distribution, the transfer tensor, the pool and every
 random choice of a step live on ``device``; a step never makes the host wait for the GPU (module
-``device``): its random choices come from generators on the device, the loss is read once per
-``log_every`` steps, and the sampler's and log-density's seconds are timed by CUDA events and read
-at checkpoints and at the end.
+``device``): its random choices come from generators on the device, and the loss and the seconds
+of the sampler and the log-density (timed by CUDA events) are read once per ``log_every`` steps.
 
 Distributed: under ``torch.distributed`` (``torchrun``; NCCL with each rank on ``cuda:LOCAL_RANK``,
 gloo on CPU) the student is wrapped in ``DistributedDataParallel``, a transfer tensor is sharded by
@@ -111,7 +110,8 @@ class DistillConfig:
 class Timings:
     """Seconds spent, accumulated over the run (and across resumes). ``total`` is wall-clock time up
     to a synchronization with the device; the parts are device time (CUDA events on CUDA, the wall
-    clock on CPU), read at checkpoints and at the end of :meth:`Distiller.train`."""
+    clock on CPU). Brought up to date every ``log_every`` steps, at checkpoints and at the end of
+    :meth:`Distiller.train`."""
 
     total: float = 0.0        # training loop, pool synthesis included
     synthesis: float = 0.0    # building and refreshing the pool (teacher forward/backward on inputs)
@@ -349,9 +349,9 @@ class Distiller:
         """Trains up to ``until_step`` (default: ``config.steps``); call again to continue.
 
         Every ``log_every`` steps (and at the end) the mean loss since the last reading is brought
-        to the host, appended to ``losses`` and shown on the progress bar: the only reads of a
-        device value between checkpoints. Saves a checkpoint every ``checkpoint_every`` steps and at
-        the end when a path is set.
+        to the host, appended to ``losses`` and shown on the progress bar, and ``timings`` are
+        brought up to date: the only waits for the device between checkpoints. Saves a checkpoint
+        every ``checkpoint_every`` steps and at the end when a path is set.
         """
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
@@ -372,6 +372,7 @@ class Distiller:
             interval.add({"loss": self._training_step()})
             if self.step % log_every == 0 or self.step == end:
                 self.losses.append((self.step, interval.read()["loss"]))
+                self._collect_timings()
                 bar.update(self.step - bar.n)
                 bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}", refresh=False)
             if self.checkpoint_path is not None and self.config.checkpoint_every \

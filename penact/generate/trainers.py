@@ -99,7 +99,8 @@ class TrainResult:
 def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
     """``(draws, seeds)``: ``draws`` on ``device`` for torch's random ops in a step (nothing is copied
     from the host), ``seeds`` on the CPU for the families' draws (they take a seed from a CPU
-    generator). On the CPU both are one generator: one stream, as a CPU run has always drawn."""
+    generator). On the CPU both are one generator, so a CPU run draws the numbers it drew before
+    the trainers ran on other devices."""
     draws = torch.Generator(device=device).manual_seed(seed)
     return draws, draws if draws.device.type == "cpu" else torch.Generator().manual_seed(seed)
 
@@ -117,6 +118,8 @@ def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images
     mean losses over each ``log_every`` steps; ``final_losses`` are the last step's.
     """
     kind, mode = parse_model(name)
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
     if (mode == "free") != (labels is None):
         raise ValueError(f"{name}: labels must be {'None' if mode == 'free' else 'given'} in mode {mode!r}")
     if (mode == "onehot") != (space is None):
@@ -141,13 +144,14 @@ def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images
     for step in bar:
         index = torch.randint(0, images.shape[0], (config.batch_size,), generator=draws, device=device)
         losses = trainer.step(images[index], labels[index] if labels is not None else None)
-        interval.add(losses)
-        if progress and (step + 1) % log_every == 0:
-            bar.set_postfix({k: f"{v:.3g}" for k, v in interval.read().items()})
+        if progress:
+            interval.add(losses)
+            if (step + 1) % log_every == 0:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in interval.read().items()})
     bar.close()
     synchronize(device)  # the clock stops when the GPU has run the last step, not when it was queued
     seconds = time.perf_counter() - started
-    return TrainResult(trainer.sampler(), seconds, {name: float(value) for name, value in losses.items()})
+    return TrainResult(trainer.sampler(), seconds, {part: float(loss) for part, loss in losses.items()})
 
 
 class _VAETrainer:
