@@ -47,8 +47,9 @@ def resolve_device(name: str) -> torch.device:
         raise argparse.ArgumentTypeError(f"device must be cpu, cuda or cuda:<index>, got {name!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{name!r} was asked for, but torch sees no CUDA device (no GPU or "
-                                             f"driver, or a CPU-only torch {torch.__version__}): use --device cpu")
+            why = (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None else
+                   f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU or driver")
+            raise argparse.ArgumentTypeError(f"{name!r} was asked for, but {why}: use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise argparse.ArgumentTypeError(f"{name!r} was asked for, but torch sees {torch.cuda.device_count()} "
                                              "CUDA device(s)")
