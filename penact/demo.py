@@ -12,7 +12,8 @@ What is checked (SPEC sections 1-2):
   the activation was drawn for).
 
 Writes ``report.md``, ``pca.png`` (a 2-D PCA projection of real vs sampled directions) and
-``cosines.png`` (per-class cosine histograms) to the output folder.
+``cosines.png`` (per-class cosine histograms) to the output folder. Runs on ``--device`` (the model,
+the data, the fits and the samples live there; the plots are drawn from CPU copies).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ import torch
 from torch import Tensor
 
 from .data import load_digits_split
+from .distill.device import synchronize
+from .experiments import add_device_argument, device_name
 from .families import ClassConditionalDistribution, SphereDistribution, family_names, get_family
 from .models import accuracy, teacher_cnn, train_classifier
 
@@ -65,6 +68,7 @@ class FamilyCheck:
 
 @dataclass
 class DemoResult:
+    device: str
     teacher_test_accuracy: float
     teacher_width: int
     train_seconds: float
@@ -84,33 +88,37 @@ def _gd_error(dist: ClassConditionalDistribution, x: Tensor) -> float:
 def _class_cosines(directions: Tensor, units: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """``[C]``: the mean over rows of class y of ``mu_y . u``; ``directions: [C, D]``, ``units: [N, D]``."""
     cosine = (units * directions[labels]).sum(dim=1)
-    return torch.zeros(num_classes, dtype=cosine.dtype).index_add_(0, labels, cosine) / torch.bincount(
-        labels, minlength=num_classes).to(cosine.dtype)
+    return torch.zeros(num_classes, dtype=cosine.dtype, device=cosine.device).index_add_(0, labels, cosine) / (
+        torch.bincount(labels, minlength=num_classes).to(cosine.dtype))
 
 
 def run_demo(out: Path | str, epochs: int = 20, seed: int = 0, samples_per_class: int = 300,
-             progress: bool = True, command: str | None = None) -> DemoResult:
-    """Runs the demo and writes its report to ``out`` (created if missing). Returns the numbers."""
+             progress: bool = True, command: str | None = None, device: torch.device | str = "cpu") -> DemoResult:
+    """Runs the demo on ``device`` and writes its report to ``out`` (created if missing). Returns the
+    numbers. The model's initialization is drawn on the CPU, the same on every device."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
     data = load_digits_split()
     num_classes = data.num_classes
 
     torch.manual_seed(seed)
-    model = teacher_cnn(num_classes=num_classes)
+    model = teacher_cnn(num_classes=num_classes).to(device)
+    images, labels = data.train_images.to(device), data.train_labels.to(device)
     started = time.perf_counter()
-    train_classifier(model, data.train_images, data.train_labels, epochs, seed=seed, progress=progress, desc="teacher")
+    train_classifier(model, images, labels, epochs, seed=seed, progress=progress, desc="teacher")
+    synchronize(device)  # the clock stops when the GPU has run the last step, not when it was queued
     train_seconds = time.perf_counter() - started
-    test_accuracy = accuracy(model, data.test_images, data.test_labels)
+    test_accuracy = accuracy(model, data.test_images.to(device), data.test_labels.to(device))
 
     with torch.no_grad():
-        activations = model.features(data.train_images)
-    labels = data.train_labels
+        activations = model.features(images)
     real_units = activations.double() / activations.double().norm(dim=1, keepdim=True)
-    sample_labels = torch.arange(num_classes).repeat_interleave(samples_per_class)
+    sample_labels = torch.arange(num_classes, device=device).repeat_interleave(samples_per_class)
 
-    result = DemoResult(teacher_test_accuracy=test_accuracy, teacher_width=model.width, train_seconds=train_seconds,
-                        real_cosine=[], mean_real_norm=float(activations.norm(dim=1).mean()))
+    result = DemoResult(device=device_name(device), teacher_test_accuracy=test_accuracy, teacher_width=model.width,
+                        train_seconds=train_seconds, real_cosine=[],
+                        mean_real_norm=float(activations.norm(dim=1).mean()))
     samples = {}
     for method in RADIUS_METHODS:
         fitted = SphereDistribution.fit(model.fc, activations, labels, radius=method)
@@ -138,8 +146,8 @@ def run_demo(out: Path | str, epochs: int = 20, seed: int = 0, samples_per_class
             )
             samples[method] = (sampled / radius, directions)
 
-    result.files = _plot(out, real_units, labels, samples["mle"][0], sample_labels, samples["mle"][1],
-                         result.checks["mle"].mean_resultant)
+    result.files = _plot(out, real_units.cpu(), labels.cpu(), samples["mle"][0].cpu(), sample_labels.cpu(),
+                         samples["mle"][1].cpu(), result.checks["mle"].mean_resultant)
     result.families, pairs = _compare_families(model, activations, labels, sample_labels, seed)
     result.files.append(_plot_coordinates(out, pairs))
     report = out / "report.md"
@@ -202,7 +210,7 @@ def _compare_families(model, activations: Tensor, labels: Tensor, sample_labels:
     Returns the checks and, per family, (real activations on its support, its samples)."""
     real = activations.double()
     weight, bias = model.fc.weight.detach().double(), model.fc.bias.detach().double()
-    linear = torch.nn.Linear(weight.shape[1], weight.shape[0]).double()
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0]).to(weight)
     with torch.no_grad():
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
@@ -219,7 +227,7 @@ def _compare_families(model, activations: Tensor, labels: Tensor, sample_labels:
                 zero_fraction_sampled=float((sampled == 0).double().mean()),
                 mean_norm_real=float(on_support.norm(dim=1).mean()), mean_norm_sampled=float(sampled.norm(dim=1).mean()),
                 sample_accuracy=float((predicted == sample_labels).double().mean())))
-            pairs[name] = (on_support, sampled)
+            pairs[name] = (on_support.cpu(), sampled.cpu())
     return checks, pairs
 
 
@@ -257,7 +265,8 @@ def _report(result: DemoResult, epochs: int, seed: int, samples_per_class: int, 
         f"Command: `{command}`" if command else "",
         "",
         f"Teacher CNN (penultimate width {result.teacher_width}), trained {epochs} epochs "
-        f"(seed {seed}, {result.train_seconds:.1f} s): **test accuracy {100 * result.teacher_test_accuracy:.2f}%**.",
+        f"(seed {seed}, {result.train_seconds:.1f} s on {result.device}): "
+        f"**test accuracy {100 * result.teacher_test_accuracy:.2f}%**.",
         f"Mean norm of the real penultimate activations (training split): {result.mean_real_norm:.4g}.",
         "",
         "## Radius and the GD pair",
@@ -312,7 +321,8 @@ def _report(result: DemoResult, epochs: int, seed: int, samples_per_class: int, 
 
 
 def _print_summary(result: DemoResult) -> None:
-    print(f"teacher test accuracy: {100 * result.teacher_test_accuracy:.2f}%  (trained in {result.train_seconds:.1f} s)")
+    print(f"teacher test accuracy: {100 * result.teacher_test_accuracy:.2f}%  "
+          f"(trained in {result.train_seconds:.1f} s on {result.device})")
     for check in result.checks.values():
         print(f"radius={check.method:<4} r = {check.radius:.6g}  GD-pair max|posterior - softmax|: "
               f"sampled {check.gd_error_sampled_float64:.2e} / real {check.gd_error_real_float64:.2e} (float64), "
@@ -335,12 +345,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=20, help="teacher training epochs (default: 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the model, the shuffling and the samples")
     parser.add_argument("--samples-per-class", type=int, default=300, help="sampled activations per class")
+    add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
     command = "penact " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = run_demo(args.out, epochs=args.epochs, seed=args.seed, samples_per_class=args.samples_per_class,
-                      progress=not args.no_progress, command=command)
+                      progress=not args.no_progress, command=command, device=args.device)
     _print_summary(result)
     return 0

@@ -4,6 +4,7 @@ Library code (``penact.families``, ``penact.ops``, the trainers) never imports t
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import platform
 import subprocess
@@ -22,11 +23,43 @@ from .models import teacher_cnn, train_classifier
 def fit_distribution(family: str, teacher: torch.nn.Module, images: torch.Tensor,
                      labels: torch.Tensor) -> ClassConditionalDistribution:
     """The registered ``family``'s ``fit(teacher.fc, activations, labels)`` on the teacher's
-    activations of ``images`` (the sphere family fits its radius by maximum likelihood)."""
+    activations of ``images`` (the sphere family fits its radius by maximum likelihood), on the
+    teacher's device (``images`` and ``labels`` are moved there)."""
     family_class = get_family(family)
+    device = teacher.fc.weight.device
     with torch.no_grad():
-        activations = teacher.features(images)
-    return family_class.fit(teacher.fc, activations, labels)
+        activations = teacher.features(images.to(device))
+    return family_class.fit(teacher.fc, activations, labels.to(device))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a command runs on: ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
+
+    Raises:
+        argparse.ArgumentTypeError: another device type, or CUDA asked for where torch has none
+            (no GPU, no driver, or a CPU-only build of torch), or an index past the last GPU.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise argparse.ArgumentTypeError(f"device must be cpu, cuda or cuda:<index>, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None else
+                   f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU or driver")
+            raise argparse.ArgumentTypeError(f"{name!r} was asked for, but {why}: use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{name!r} was asked for, but torch sees {torch.cuda.device_count()} "
+                                             "CUDA device(s)")
+    return device
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (default ``cpu``), parsed and checked by :func:`resolve_device`."""
+    parser.add_argument("--device", type=resolve_device, default=torch.device("cpu"),
+                        help="cpu, cuda or cuda:<index> (default: cpu)")
 
 
 def _broadcast_module(module: torch.nn.Module) -> None:
@@ -34,18 +67,21 @@ def _broadcast_module(module: torch.nn.Module) -> None:
         torch_dist.broadcast(tensor, src=0)
 
 
-def prepare_teacher(seed: int, epochs: int, cache_dir: Path | None = None) -> torch.nn.Module:
-    """The seed's teacher: loaded from ``cache_dir`` if saved there, else trained (identically on
-    every rank, then broadcast from rank 0 so that all ranks hold the same bits) and saved."""
+def prepare_teacher(seed: int, epochs: int, cache_dir: Path | None = None,
+                    device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The seed's teacher on ``device``: loaded from ``cache_dir`` if saved there, else trained there
+    (identically on every rank, then broadcast from rank 0 so that all ranks hold the same bits) and
+    saved. The initialization is drawn on the CPU, so it is the same on every device."""
     rank, world_size = distributed_context()
     data = load_digits_split()
     torch.manual_seed(stream_seed(seed, "teacher"))
-    teacher = teacher_cnn(num_classes=data.num_classes)
+    teacher = teacher_cnn(num_classes=data.num_classes).to(device)
     path = cache_dir / f"teacher-seed{seed}-epochs{epochs}.pt" if cache_dir is not None else None
     if path is not None and path.exists():
-        teacher.load_state_dict(torch.load(path, weights_only=True))
+        teacher.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         return teacher.eval()
-    train_classifier(teacher, data.train_images, data.train_labels, epochs, seed=seed, progress=False)
+    train_classifier(teacher, data.train_images.to(device), data.train_labels.to(device), epochs, seed=seed,
+                     progress=False)
     if world_size > 1:
         _broadcast_module(teacher)
     if path is not None and rank == 0:
@@ -63,6 +99,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def device_name(device: torch.device) -> str:
+    """``device`` with its model for a report: ``cuda:0 (NVIDIA H200)``, ``cpu (<processor>)``."""
+    model = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return f"{device} ({model})"
+
+
 def git(*args: str) -> str | None:
     """``git <args>`` in the source checkout penact runs from (its output), or None outside one."""
     root = Path(__file__).resolve().parents[1]
@@ -72,5 +114,3 @@ def git(*args: str) -> str | None:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
     return None
-
-

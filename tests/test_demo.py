@@ -1,18 +1,20 @@
-"""``penact demo`` end to end on a short run, and the command line's parsing."""
+"""``penact demo`` end to end on a short run on every available device, and the command line's parsing."""
 import pytest
 import torch
+from conftest import DEVICE_PARAMS
 
 from penact import cli
 from penact.demo import RADIUS_METHODS, run_demo
 
 
-@pytest.fixture(scope="module")
-def demo_result(tmp_path_factory):
+@pytest.fixture(scope="module", params=DEVICE_PARAMS)
+def demo_result(request, tmp_path_factory):
+    """One demo run per device (conftest's device parameters), shared by the tests below."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         out = tmp_path_factory.mktemp("demo")
-        yield out, run_demo(out, epochs=3, seed=0, samples_per_class=50, progress=False)
+        yield out, run_demo(out, epochs=3, seed=0, samples_per_class=50, progress=False, device=request.param)
     finally:
         torch.set_num_threads(threads)
 
@@ -65,7 +67,7 @@ def test_demo_writes_report_and_plots(demo_result):
 def test_cli_parses_demo(tmp_path):
     args = cli.build_parser().parse_args(["demo", "--out", str(tmp_path), "--epochs", "3", "--seed", "7"])
     assert args.command == "demo"
-    assert args.out == tmp_path and args.epochs == 3 and args.seed == 7
+    assert args.out == tmp_path and args.epochs == 3 and args.seed == 7 and args.device == torch.device("cpu")
     assert callable(args.handler)
 
 

@@ -1,5 +1,7 @@
-"""The distillation trainer on tiny runs: methods, transfer sets, disjoint sampler offsets,
-checkpoint/resume (including a killed process), a real 2-process gloo run, and the grid's report."""
+"""The distillation trainer on tiny runs, on every available device: methods, transfer sets
+(tensors and loaders), disjoint sampler offsets, checkpoint/resume (including a killed process),
+real 2-process runs (gloo on CPU, NCCL with two GPUs; spawned, and the command under torchrun),
+the README's example, and the grid's report."""
 import json
 import os
 import signal
@@ -12,6 +14,8 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from penact import PenultimateDistribution, cli
 from penact.data import load_digits_split
@@ -56,22 +60,25 @@ def teacher_state(tmp_path_factory):
     return path
 
 
-def _teacher_and_distribution(path):
+def _teacher_and_distribution(path, device="cpu"):
+    """The saved teacher on ``device`` and the sphere family fitted there."""
     data = load_digits_split()
     teacher = teacher_cnn()
     teacher.load_state_dict(torch.load(path, weights_only=True))
-    teacher.eval()
+    teacher.to(device).eval()
     with torch.no_grad():
-        activations = teacher.features(data.train_images)
-    return teacher, PenultimateDistribution.fit(teacher.fc, activations, data.train_labels)
+        activations = teacher.features(data.train_images.to(device))
+    return teacher, PenultimateDistribution.fit(teacher.fc, activations, data.train_labels.to(device))
 
 
-def _distiller(teacher_path, method, transfer, config=TINY, checkpoint_path=None, seed=0):
-    teacher, distribution = _teacher_and_distribution(teacher_path)
+def _distiller(teacher_path, method, transfer, config=TINY, checkpoint_path=None, seed=0, device="cpu"):
+    """A Distiller of the saved teacher on ``device``; ``transfer``: a transfer set's name, or data."""
+    teacher, distribution = _teacher_and_distribution(teacher_path, device)
     torch.manual_seed(seed)
-    data = load_digits_split()
-    return Distiller(teacher, student_cnn(), _recording(distribution), transfer_images(transfer, data, seed=seed),
-                     replace(config, method=method, seed=seed), checkpoint_path=checkpoint_path)
+    if isinstance(transfer, str):
+        transfer = transfer_images(transfer, load_digits_split(), seed=seed)
+    return Distiller(teacher, student_cnn(), _recording(distribution), transfer,
+                     replace(config, method=method, seed=seed), checkpoint_path=checkpoint_path, device=device)
 
 
 def _state_equal(a: dict, b: dict) -> bool:
@@ -121,13 +128,13 @@ def test_kd_loss_is_zero_at_the_teacher_and_positive_elsewhere():
     assert (kd_loss(torch.zeros(8, 10), logits, 4.0) > 0).all()
 
 
-def test_synthesized_inputs_carry_their_class(teacher_state):
-    teacher, distribution = _teacher_and_distribution(teacher_state)
-    labels = torch.arange(100) % 10
+def test_synthesized_inputs_carry_their_class(teacher_state, device):
+    teacher, distribution = _teacher_and_distribution(teacher_state, device)
+    labels = torch.arange(100, device=device) % 10
     targets = distribution.sample(labels, seed=0, offset=0)
     start = synthesize_inputs(teacher, distribution, targets, labels, (1, 8, 8), torch.Generator().manual_seed(0), steps=0)
-    images = synthesize_inputs(teacher, distribution, targets, labels, (1, 8, 8), torch.Generator().manual_seed(0),
-                               steps=40)
+    images = synthesize_inputs(teacher, distribution, targets, labels, (1, 8, 8),
+                               torch.Generator(device=device).manual_seed(0), steps=40)
     assert images.shape == (100, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
     cosine = torch.nn.functional.cosine_similarity
     with torch.no_grad():
@@ -141,9 +148,9 @@ def test_synthesized_inputs_carry_their_class(teacher_state):
 
 @pytest.mark.parametrize("method, transfer", [("kd", "in-domain"), ("weighted", "in-domain"), ("synth", "partial"),
                                               ("synth+weighted", "none")])
-def test_methods_train_and_use_disjoint_offsets(teacher_state, method, transfer):
-    distiller = _distiller(teacher_state, method, transfer)
-    distiller.train()
+def test_methods_train_and_use_disjoint_offsets(teacher_state, method, transfer, device):
+    distiller = _distiller(teacher_state, method, transfer, device=device)
+    distiller.train(log_every=30)
     data = load_digits_split()
     assert distiller.step == TINY.steps
     if transfer != "none":  # 80 steps from a 40-image pool of 5-step syntheses: too little to learn from
@@ -164,32 +171,82 @@ def test_methods_train_and_use_disjoint_offsets(teacher_state, method, transfer)
         assert distiller.weight_temperature > 0 and distiller.timings.log_density > 0
     else:  # nothing to weight: no reference draws
         assert distiller.weight_temperature is None and distiller.timings.log_density == 0
+    # The loss is read every 30 steps and at the end; the timings cover every step.
+    assert [step for step, _ in distiller.losses] == [30, 60, 80]
+    assert all(loss >= 0 for _, loss in distiller.losses)
+    assert distiller.timings.steps == TINY.steps and distiller.timings.total > 0
+    assert (distiller.timings.sampler > 0) == (method != "kd")
 
 
 def test_kd_without_transfer_data_is_refused(teacher_state):
     with pytest.raises(ValueError, match="needs transfer data"):
         _distiller(teacher_state, "kd", "none")
+    with pytest.raises(ValueError, match="needs transfer data"):
+        _distiller(teacher_state, "weighted", None)
 
 
-def test_stop_and_resume_reproduces_the_uninterrupted_run(teacher_state, tmp_path):
-    whole = _distiller(teacher_state, "synth+weighted", "partial").train()
+def test_stop_and_resume_reproduces_the_uninterrupted_run(teacher_state, tmp_path, device):
+    whole = _distiller(teacher_state, "synth+weighted", "partial", device=device).train()
     path = tmp_path / "run.pt"
-    first = _distiller(teacher_state, "synth+weighted", "partial", checkpoint_path=path).train(until_step=13)
+    first = _distiller(teacher_state, "synth+weighted", "partial", checkpoint_path=path, device=device)
+    first.train(until_step=13)
     assert first.step == 13
-    resumed = _distiller(teacher_state, "synth+weighted", "partial", checkpoint_path=path, seed=0)
+    resumed = _distiller(teacher_state, "synth+weighted", "partial", checkpoint_path=path, seed=0, device=device)
     assert resumed.load_checkpoint() and resumed.step == 13
     resumed.train()
     assert _state_equal(resumed.student.state_dict(), whole.student.state_dict())
     assert torch.equal(resumed.pool_images, whole.pool_images)
     assert resumed.sample_counter == whole.sample_counter
+    # Adam's step counts stay on the CPU (on the GPU the host would read them at every step).
+    assert all(state["step"].device.type == "cpu" for state in resumed.optimizer.state.values())
 
 
-def test_checkpoint_from_another_config_is_refused(teacher_state, tmp_path):
+def test_checkpoint_from_another_config_or_transfer_kind_is_refused(teacher_state, tmp_path):
     path = tmp_path / "run.pt"
     _distiller(teacher_state, "kd", "in-domain", checkpoint_path=path).train(until_step=2)
     other = _distiller(teacher_state, "kd", "in-domain", config=replace(TINY, lr=3e-3), checkpoint_path=path)
     with pytest.raises(ValueError, match="another config"):
         other.load_checkpoint()
+    loader = DataLoader(load_digits_split().train_images, batch_size=32)
+    with pytest.raises(ValueError, match="transfer data from TensorBatches, this run has LoaderBatches"):
+        _distiller(teacher_state, "kd", loader, checkpoint_path=path).load_checkpoint()
+
+
+def test_a_loader_resumes_exactly_when_its_order_is_fixed(teacher_state, tmp_path, device):
+    """(images, labels) batches from a DataLoader without shuffling (labels unread); a family given
+    by name is fitted to the teacher's activations of one pass; resuming re-iterates the epoch and
+    skips its used batches, so the run is the uninterrupted one."""
+    data = load_digits_split()
+    loader = DataLoader(TensorDataset(data.train_images, data.train_labels), batch_size=40)  # 34 batches an epoch
+    config = replace(TINY, steps=50, method="weighted", seed=0)
+
+    def distiller(checkpoint_path=None):
+        teacher, _ = _teacher_and_distribution(teacher_state)
+        torch.manual_seed(0)
+        return Distiller(teacher, student_cnn(), "rectified", loader, config, checkpoint_path=checkpoint_path,
+                         device=device)
+
+    whole = distiller().train()
+    assert whole.distribution.name == "rectified" and whole.distribution.weight.device.type == device
+    assert (whole.transfer.epoch, whole.transfer.cursor) == (1, 50 - 34)
+    path = tmp_path / "loader.pt"
+    distiller(path).train(until_step=40)  # stops in the second epoch
+    resumed = distiller(path)
+    assert resumed.load_checkpoint() and (resumed.transfer.epoch, resumed.transfer.cursor) == (1, 40 - 34)
+    resumed.train()
+    assert _state_equal(resumed.student.state_dict(), whole.student.state_dict())
+
+
+def test_transfer_data_that_cannot_be_iterated_again_are_refused(teacher_state):
+    images = load_digits_split().train_images
+    one_shot = iter(images.split(64))
+    distiller = _distiller(teacher_state, "kd", one_shot, config=replace(TINY, steps=30))
+    with pytest.raises(ValueError, match="yielded no batch in epoch 1"):
+        distiller.train()  # 22 batches, then nothing
+    with pytest.raises(ValueError, match="needs image_shape"):
+        _distiller(teacher_state, "synth", [images[:64]])
+    with pytest.raises(ValueError, match="needs transfer data: pass a fitted distribution"):
+        Distiller(teacher_cnn(), student_cnn(), "sphere", None, replace(TINY, method="synth"), image_shape=(1, 8, 8))
 
 
 KILLED_RUN = textwrap.dedent("""
@@ -199,14 +256,16 @@ KILLED_RUN = textwrap.dedent("""
     from dataclasses import replace
     torch.set_num_threads(1)
     config = replace(TINY, steps=200, refresh_every=50, checkpoint_every=10)
-    _distiller({teacher!r}, "synth", "corrupted", config=config, checkpoint_path={checkpoint!r}).train()
+    _distiller({teacher!r}, "synth", "corrupted", config=config, checkpoint_path={checkpoint!r},
+               device={device!r}).train()
 """)
 
 
-def test_killed_process_resumes_without_losing_progress(teacher_state, tmp_path):
+def test_killed_process_resumes_without_losing_progress(teacher_state, tmp_path, device):
     config = replace(TINY, steps=200, refresh_every=50, checkpoint_every=10)
     checkpoint = tmp_path / "killed.pt"
-    script = KILLED_RUN.format(tests=os.path.dirname(__file__), teacher=str(teacher_state), checkpoint=str(checkpoint))
+    script = KILLED_RUN.format(tests=os.path.dirname(__file__), teacher=str(teacher_state), checkpoint=str(checkpoint),
+                               device=device)
     process = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.monotonic() + 120
@@ -219,51 +278,95 @@ def test_killed_process_resumes_without_losing_progress(teacher_state, tmp_path)
     killed_at = torch.load(checkpoint, weights_only=False)["step"]
     assert 0 < killed_at < config.steps
 
-    resumed = _distiller(teacher_state, "synth", "corrupted", config=config, checkpoint_path=checkpoint)
+    resumed = _distiller(teacher_state, "synth", "corrupted", config=config, checkpoint_path=checkpoint, device=device)
     assert resumed.load_checkpoint() and resumed.step == killed_at
     resumed.train()
-    whole = _distiller(teacher_state, "synth", "corrupted", config=config).train()
+    whole = _distiller(teacher_state, "synth", "corrupted", config=config, device=device).train()
     assert _state_equal(resumed.student.state_dict(), whole.student.state_dict())
 
 
-# -- two processes (gloo) --------------------------------------------------------------------
+# -- two processes (gloo on CPU, NCCL on two GPUs) -------------------------------------------
 
 
-def _distributed_worker(rank, world_size, rendezvous, teacher_path, out_dir):
+def _two_ranks(device):
+    """``(backend, per-rank device format)`` for a 2-rank run on ``device``; skips without 2 GPUs."""
+    if device == "cuda" and torch.cuda.device_count() < 2:
+        pytest.skip("NCCL with 2 ranks needs 2 GPUs")
+    return ("nccl", "cuda:{}") if device == "cuda" else ("gloo", "cpu")
+
+
+class _IndexRecording:
+    """A loader of ``(images, index)`` batches that records the index of every image it yields."""
+
+    def __init__(self, loader):
+        self.loader, self.sampler, self.indices = loader, loader.sampler, []
+
+    def __iter__(self):
+        for images, index in self.loader:
+            self.indices += index.tolist()
+            yield images, index
+
+
+def _distributed_worker(rank, world_size, backend, device_format, rendezvous, teacher_path, out_dir):
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    device = device_format.format(rank)
+    if backend == "nccl":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
-        distiller = _distiller(teacher_path, "synth+weighted", "in-domain",
+        distiller = _distiller(teacher_path, "synth+weighted", "in-domain", device=device,
                                checkpoint_path=os.path.join(out_dir, "ddp.pt"))
         used = []
-        next_indices = distiller._next_transfer_indices
+        next_rows = distiller.transfer.next_rows
 
-        def recording_next_indices():
-            indices = next_indices()
-            used.append(indices.tolist())
-            return indices
+        def recording_next_rows():
+            rows = next_rows()
+            used.append(rows.tolist())
+            return rows
 
-        distiller._next_transfer_indices = recording_next_indices
+        distiller.transfer.next_rows = recording_next_rows
         distiller.train()
+        # Stopped at step 13 and resumed by another Distiller: the same run, on every rank.
+        resumed_path = os.path.join(out_dir, "resumed.pt")
+        _distiller(teacher_path, "synth+weighted", "in-domain", device=device, checkpoint_path=resumed_path).train(
+            until_step=13)
+        resumed = _distiller(teacher_path, "synth+weighted", "in-domain", device=device, checkpoint_path=resumed_path)
+        assert resumed.load_checkpoint()
+        resumed.train()
+        # A DataLoader sharded by a DistributedSampler (the loader's batch: the transfer part).
+        images = load_digits_split().train_images
+        dataset = TensorDataset(images, torch.arange(images.shape[0]))
+        loader = _IndexRecording(DataLoader(dataset, batch_size=16, sampler=DistributedSampler(dataset, seed=0)))
+        loader_run = _distiller(teacher_path, "kd", loader, config=replace(TINY, steps=5), device=device).train()
+
         data = load_digits_split()
-        params = torch.cat([p.detach().flatten() for p in distiller.student.parameters()])
-        result = {"draws": distiller.distribution.draws, "params": params.tolist(),
+
+        def flat(module):
+            return torch.cat([p.detach().flatten() for p in module.parameters()]).tolist()
+
+        result = {"draws": distiller.distribution.draws, "params": flat(distiller.student),
+                  "resumed_params": flat(resumed.student), "loader_params": flat(loader_run.student),
                   "pool": distiller.pool_images.flatten().tolist(), "transfer_batches": used,
+                  "loader_indices": loader.indices,
                   "accuracy": distiller.evaluate(data.test_images, data.test_labels),
-                  "transfer_batch": distiller.transfer_batch, "synth_batch": distiller.synth_batch}
+                  "transfer_batch": distiller.transfer.batch_size, "synth_batch": distiller.synth_batch}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
             json.dump(result, handle)
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_two_process_gloo_run(teacher_state, tmp_path):
-    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "rendezvous"), str(teacher_state), str(tmp_path)),
+def test_two_process_run(teacher_state, tmp_path, device):
+    backend, device_format = _two_ranks(device)
+    mp.spawn(_distributed_worker,
+             args=(2, backend, device_format, str(tmp_path / "rendezvous"), str(teacher_state), str(tmp_path)),
              nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # DDP keeps the replicas identical; the pool is gathered to every rank.
     assert ranks[0]["params"] == ranks[1]["params"]
     assert ranks[0]["pool"] == ranks[1]["pool"]
+    # Resuming from a checkpoint continues the 2-rank run exactly.
+    assert ranks[0]["resumed_params"] == ranks[0]["params"] and ranks[1]["resumed_params"] == ranks[1]["params"]
     # Each rank takes half of the global batch.
     assert ranks[0]["transfer_batch"] + ranks[0]["synth_batch"] == TINY.batch_size // 2
     # Rank r draws from its own offset range [r 2^40, (r + 1) 2^40), and the ranges never meet.
@@ -274,8 +377,12 @@ def test_two_process_gloo_run(teacher_state, tmp_path):
     batches_per_epoch = (load_digits_split().train_images.shape[0] // 2) // ranks[0]["transfer_batch"]
     first_epoch = [set(sum(result["transfer_batches"][:batches_per_epoch], [])) for result in ranks]
     assert first_epoch[0] and not first_epoch[0] & first_epoch[1]
+    # A loader with a DistributedSampler gives each rank its own images; DDP still agrees.
+    loader_indices = [set(result["loader_indices"]) for result in ranks]
+    assert len(loader_indices[0]) == 5 * 16 and not loader_indices[0] & loader_indices[1]
+    assert ranks[0]["loader_params"] == ranks[1]["loader_params"]
     # It learns as one process does (chance: 0.1; the same run in one process reaches about 0.7).
-    single = _distiller(teacher_state, "synth+weighted", "in-domain").train()
+    single = _distiller(teacher_state, "synth+weighted", "in-domain", device=device).train()
     data = load_digits_split()
     assert ranks[0]["accuracy"] == ranks[1]["accuracy"]
     assert ranks[0]["accuracy"] > 0.4 and single.evaluate(data.test_images, data.test_labels) > 0.4
@@ -283,24 +390,45 @@ def test_two_process_gloo_run(teacher_state, tmp_path):
     assert state["world_size"] == 2 and state["step"] == TINY.steps
 
 
+def test_distill_command_under_torchrun(tmp_path, device):
+    """``torchrun --nproc_per_node=2 -m penact.cli distill``: gloo with --device cpu, NCCL with
+    --device cuda (each rank on cuda:LOCAL_RANK); rank 0 writes the report."""
+    _two_ranks(device)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "penact.cli", "distill", "--methods", "kd,synth", "--transfers", "partial", "--seeds", "1",
+               "--teacher-epochs", "1", "--steps", "4", "--batch-size", "16", "--pool-size", "16",
+               "--synth-steps", "2", "--threads", "1", "--device", device, "--out", str(tmp_path),
+               "--name", "ddp", "--no-progress"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads((tmp_path / "ddp.json").read_text())
+    assert report["settings"]["world_size"] == 2 and report["settings"]["device"].startswith(device)
+    assert set(report["table"]) == {"partial/kd", "partial/synth"}
+    assert report["timing_shares"]["synth"]["seconds_per_step"] > 0
+
+
 # -- the grid and its report -----------------------------------------------------------------
 
 
-def test_grid_writes_table_json_and_png(tmp_path):
+def test_grid_writes_table_json_and_png(tmp_path, device):
     config = replace(TINY, steps=4, pool_size=20, refresh_every=0, synth_steps=2)
     methods, transfers = ["kd", "synth"], ["partial", "none"]
     results = run_grid(methods, transfers, [0, 1], config, teacher_epochs=1, checkpoint_dir=tmp_path / "ck",
-                       progress=False)
+                       progress=False, device=device)
     assert len(results) == 2 * 3  # kd on "none" has no data: n/a
     assert len(list((tmp_path / "ck" / "cells").iterdir())) == 6
     rerun = run_grid(methods, transfers, [0, 1], config, teacher_epochs=1, checkpoint_dir=tmp_path / "ck", progress=False)
     assert [r.student_accuracy for r in rerun] == [r.student_accuracy for r in results]
     summary = summarize(results, methods, transfers)
     assert "none/kd" not in summary["table"] and len(summary["table"]["partial/synth"]["seeds"]) == 2
-    paths = write_report(summary, methods, transfers, tmp_path, "distill-test", "penact distill ...", {"steps": 4})
+    assert all(shares["seconds_per_step"] > 0 for shares in summary["timing_shares"].values())
+    paths = write_report(summary, methods, transfers, tmp_path, "distill-test", "penact distill ...",
+                         {"steps": 4, "device": device})
     assert all(path.stat().st_size > 0 for path in paths)
     markdown = paths[0].read_text()
     assert "| none | " in markdown and "n/a" in markdown and "penact distill ..." in markdown
+    assert f"On {device}. Seconds per step" in markdown and "| seconds per step |" in markdown
     assert json.loads(paths[1].read_text())["table"]["partial/kd"]["mean"] >= 0
 
 
@@ -313,3 +441,81 @@ def test_cli_parses_distill():
         cli.build_parser().parse_args(["distill", "--methods", "mixup"])
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["distill", "--transfers", "rotated"])
+
+
+@pytest.mark.parametrize("argv, message", [(["--device", "tpu"], "device must be cpu, cuda or cuda:<index>"),
+                                           (["--device", "cuda:99"], "'cuda:99' was asked for, but")])
+def test_commands_refuse_a_device_torch_does_not_have(argv, message, capsys):
+    for command in ("demo", "distill", "generate"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args([command, *argv])
+        assert message in capsys.readouterr().err
+
+
+# -- the README's example ----------------------------------------------------------------------
+
+README_EXAMPLE = """
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from penact.data import load_digits_split
+from penact.distill import DistillConfig, Distiller
+from penact.models import train_classifier
+
+class Teacher(nn.Module):  # yours: features(x) -> activations [N, D], then fc: nn.Linear
+    def __init__(self):
+        super().__init__()
+        self.features, self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU()), nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+data = load_digits_split()  # scikit-learn's 8x8 digits
+teacher = Teacher()
+train_classifier(teacher, data.train_images, data.train_labels, epochs=5, progress=False)
+student = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+loader = DataLoader(TensorDataset(data.train_images), batch_size=64, shuffle=True)  # images only, no labels
+config = DistillConfig(method="weighted", steps=300, lr=1e-2)  # weighted: each image's loss by log p(activation)
+distiller = Distiller(teacher, student, "rectified", loader, config, checkpoint_path="distill.pt",
+                      device="cuda" if torch.cuda.is_available() else "cpu")
+distiller.load_checkpoint()  # resumes from distill.pt if an earlier run left one
+distiller.train(progress=True)
+print(f"student {distiller.evaluate(data.test_images, data.test_labels):.1%}, "
+      f"{distiller.timings.total / distiller.timings.steps * 1e3:.2f} ms per step")
+"""
+
+
+def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's Distiller example, verbatim (README.md carries the same text), run twice: the
+    second run resumes from the first one's checkpoint at its last step."""
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        namespace = {}
+        exec(compile(README_EXAMPLE, "README example", "exec"), namespace)
+        assert namespace["distiller"].step == 300
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.split(",")[0] == second.split(",")[0]  # the same student
+    assert float(first.split()[1].rstrip("%,")) > 80  # chance: 10%; about 92% (the teacher's accuracy)
+    assert (tmp_path / "distill.pt").exists()
+
+
+# -- no host synchronization inside a step (CUDA) -----------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("transfer", ["tensor", "loader"])
+def test_a_kd_step_never_makes_the_host_wait_for_the_gpu(teacher_state, transfer):
+    """``torch.cuda.set_sync_debug_mode("error")`` raises at any synchronizing call (``.item()``,
+    ``.tolist()``, a blocking copy, ...). ``kd`` steps call no penact operator (the operators read one
+    status word back per call, a known synchronization that their owner is removing)."""
+    images = load_digits_split().train_images
+    data = images if transfer == "tensor" else DataLoader(images, batch_size=32, pin_memory=True)
+    distiller = _distiller(teacher_state, "kd", data, device="cuda")
+    distiller.train(until_step=2)  # the first steps allocate and tune (cuDNN): outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(60):  # across an epoch's end (the order is copied once per epoch)
+            distiller._training_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

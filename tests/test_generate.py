@@ -1,6 +1,6 @@
 """Generator transfer (penact.generate): the metrics against independent references, the latent
 spaces' KL terms against Monte Carlo, the trainers' contracts (label-free models refuse labels,
-seeded runs repeat) and the command on a tiny run."""
+seeded runs repeat, on every available device) and the command on a tiny run."""
 import json
 import math
 
@@ -146,7 +146,7 @@ def small_setup():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_every_model_trains_and_generates_repeatably(small_setup, name):
+def test_every_model_trains_and_generates_repeatably(small_setup, name, device):
     teacher, images, labels, spaces = small_setup
     mode = parse_model(name)[1]
     for family in ([None] if mode == "onehot" else ["sphere", "rectified"]):
@@ -154,10 +154,11 @@ def test_every_model_trains_and_generates_repeatably(small_setup, name):
         runs = []
         for _ in range(2):
             result = train_model(name, teacher, space, images, None if mode == "free" else labels, TINY, seed=3,
-                                 progress=False)
+                                 progress=False, device=device)
             generated = result.generator.generate(torch.arange(10), torch.Generator().manual_seed(1))
             runs.append(generated)
-        assert generated.shape == (10, 1, 8, 8) and bool(((generated >= 0) & (generated <= 1)).all())
+        assert generated.shape == (10, 1, 8, 8) and generated.device.type == device
+        assert bool(((generated >= 0) & (generated <= 1)).all())
         assert torch.equal(runs[0], runs[1]), f"{name} ({family}) is not repeatable under a seed"
         assert all(math.isfinite(v) for v in result.final_losses.values())
 
@@ -174,12 +175,14 @@ def test_label_free_models_refuse_labels_and_others_require_them(small_setup):
         train_model("vae-other", teacher, None, images, labels, TINY, seed=0, progress=False)
 
 
-def test_generate_command_writes_its_report(tmp_path):
+def test_generate_command_writes_its_report(tmp_path, device):
     code = cli.main(["generate", "--seeds", "1", "--teacher-epochs", "1", "--judge-epochs", "1", "--vae-steps", "2",
                      "--gan-steps", "2", "--per-class", "3", "--models", "vae-onehot,vae-free,gan-labelled",
-                     "--families", "rectified", "--out", str(tmp_path), "--name", "tiny", "--no-progress"])
+                     "--families", "rectified", "--out", str(tmp_path), "--name", "tiny", "--no-progress",
+                     "--device", device])
     assert code == 0
     report = json.loads((tmp_path / "tiny.json").read_text())
+    assert report["device"].startswith(device)
     assert set(report["table"]) == {"vae-onehot", "vae-free (rectified)", "gan-labelled (rectified)"}
     reading = report["references"][0]["sample_reading"]
     assert set(reading) == {"rectified"} and 0 <= reading["rectified"] <= 1

@@ -44,22 +44,26 @@ class CellResult:
 
 def run_cell(method: str, transfer: str, seed: int, config: DistillConfig, teacher: torch.nn.Module,
              distribution: ClassConditionalDistribution, severity: float,
-             checkpoint_dir: Path | None = None) -> CellResult:
-    """Distils one student for ``(method, transfer, seed)`` and evaluates it on the test split."""
+             checkpoint_dir: Path | None = None, log_every: int = 50) -> CellResult:
+    """Distils one student for ``(method, transfer, seed)`` on the teacher's device and evaluates
+    it on the test split. The transfer images and the student's initialization are drawn on the
+    CPU, so they are the same on every device."""
     data = load_digits_split()
+    device = teacher.fc.weight.device
     images = transfer_images(transfer, data, severity=severity, seed=seed)
     torch.manual_seed(stream_seed(seed, "student"))
     student = student_cnn(num_classes=data.num_classes)
     checkpoint = checkpoint_dir / "runs" / f"{method}__{transfer}__seed{seed}.pt" if checkpoint_dir else None
     distiller = Distiller(teacher, student, distribution, images, replace(config, method=method, seed=seed),
-                          image_shape=tuple(data.train_images.shape[1:]), checkpoint_path=checkpoint)
+                          checkpoint_path=checkpoint, device=device)
     distiller.load_checkpoint()
-    distiller.train()
+    distiller.train(log_every=log_every)
+    test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
     transfer_accuracy = None
     if images.shape[0] and transfer != "partial":
-        transfer_accuracy = accuracy(teacher, images, data.train_labels)
-    return CellResult(method, transfer, seed, distiller.evaluate(data.test_images, data.test_labels),
-                      accuracy(teacher, data.test_images, data.test_labels), transfer_accuracy, asdict(distiller.timings))
+        transfer_accuracy = accuracy(teacher, images.to(device), data.train_labels.to(device))
+    return CellResult(method, transfer, seed, distiller.evaluate(test_images, test_labels),
+                      accuracy(teacher, test_images, test_labels), transfer_accuracy, asdict(distiller.timings))
 
 
 def has_data_source(method: str, transfer: str) -> bool:
@@ -68,9 +72,11 @@ def has_data_source(method: str, transfer: str) -> bool:
 
 def run_grid(methods: list[str], transfers: list[str], seeds: list[int], config: DistillConfig, *,
              teacher_epochs: int = 20, severity: float = 3.0, family: str = "sphere",
-             checkpoint_dir: Path | None = None, progress: bool = True) -> list[CellResult]:
-    """Every ``(seed, transfer, method)`` with a data source. With ``checkpoint_dir``, teachers,
-    finished cells and running cells are saved there, and a rerun skips or resumes them."""
+             checkpoint_dir: Path | None = None, progress: bool = True, device: torch.device | str = "cpu",
+             log_every: int = 50) -> list[CellResult]:
+    """Every ``(seed, transfer, method)`` with a data source, on ``device`` (teachers are trained and
+    their families fitted there). With ``checkpoint_dir``, teachers, finished cells and running
+    cells are saved there, and a rerun skips or resumes them."""
     rank, world_size = distributed_context()
     data = load_digits_split()
     cells = [(seed, transfer, method) for seed in seeds for transfer in transfers for method in methods
@@ -85,9 +91,9 @@ def run_grid(methods: list[str], transfers: list[str], seeds: list[int], config:
             results.append(CellResult(**json.loads(done.read_text())))
         else:
             if seed not in teachers:
-                teacher = prepare_teacher(seed, teacher_epochs, checkpoint_dir)
+                teacher = prepare_teacher(seed, teacher_epochs, checkpoint_dir, device)
                 teachers = {seed: (teacher, fit_distribution(family, teacher, data.train_images, data.train_labels))}
-            result = run_cell(method, transfer, seed, config, *teachers[seed], severity, checkpoint_dir)
+            result = run_cell(method, transfer, seed, config, *teachers[seed], severity, checkpoint_dir, log_every)
             results.append(result)
             if done is not None and rank == 0:
                 done.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +136,9 @@ def summarize(results: list[CellResult], methods: list[str], transfers: list[str
     for method in methods:
         runs = [r.timings for r in results if r.method == method]
         if runs:
-            total = sum(t["total"] for t in runs)
+            total, steps = sum(t["total"] for t in runs), sum(t["steps"] for t in runs)
             timing[method] = {"seconds_per_run": total / len(runs),
+                              "seconds_per_step": total / steps if steps else math.nan,
                               **{key: sum(t[key] for t in runs) / total for key in ("synthesis", "sampler", "log_density")}}
     return {"table": table, "teacher": {"mean": teacher_mean, "std": teacher_std, "seeds": teacher_by_seed},
             "teacher_on_transfer": shift, "timing_shares": timing,
@@ -232,11 +239,16 @@ def _markdown(summary: dict, methods: list[str], transfers: list[str], command: 
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for verdict in summary["targets"]:
         lines.append(f"| {verdict['target']} | {verdict['measured']} | {'yes' if verdict['met'] else '**no**'} |")
-    lines += ["", "## Where the time goes (share of the training run, pool synthesis included)", "",
-              "| method | seconds per run | pool synthesis | sampler | log-density |", "|---|---|---|---|---|"]
+    lines += ["", "## Where the time goes", "",
+              f"On {settings.get('device', 'cpu')}. Seconds per step: a run's wall-clock time over its steps, pool "
+              "synthesis included; the shares are of that time. On CUDA each part is timed on the GPU by CUDA events "
+              "around it, read with the loss every log interval (no synchronization per step).", "",
+              "| method | seconds per run | seconds per step | pool synthesis | sampler | log-density |",
+              "|---|---|---|---|---|---|"]
     for method, shares in summary["timing_shares"].items():
-        lines.append(f"| {method} | {shares['seconds_per_run']:.1f} | {100 * shares['synthesis']:.1f}% "
-                     f"| {100 * shares['sampler']:.3f}% | {100 * shares['log_density']:.3f}% |")
+        lines.append(f"| {method} | {shares['seconds_per_run']:.1f} | {shares['seconds_per_step']:.2e} "
+                     f"| {100 * shares['synthesis']:.1f}% | {100 * shares['sampler']:.3f}% "
+                     f"| {100 * shares['log_density']:.3f}% |")
     lines.append("")
     return "\n".join(lines)
 

@@ -45,11 +45,12 @@ def synthesize_inputs(teacher: nn.Module, distribution: ClassConditionalDistribu
                       labels: Tensor, image_shape: tuple[int, ...], generator: torch.Generator, *, steps: int = 100,
                       lr: float = 0.1, match: str = "auto", tv_weight: float = 0.05, l2_weight: float = 0.0) -> Tensor:
     """Images ``[N, *image_shape]`` whose teacher activations ``teacher.features(x): [N, D]`` match
-    ``targets: [N, D]`` (drawn for ``labels: [N]``). The initial ``z`` comes from ``generator``
-    (a CPU generator); the teacher's parameters receive no gradient."""
+    ``targets: [N, D]`` (drawn for ``labels: [N]``). The initial ``z`` is drawn by ``generator`` on
+    its own device (one on ``targets``' device copies nothing from the host), then moved to
+    ``targets``' device; the teacher's parameters receive no gradient."""
     match = resolve_match(match, distribution)
-    device = targets.device
-    logits = torch.randn((targets.shape[0], *image_shape), generator=generator).to(device)
+    logits = torch.randn((targets.shape[0], *image_shape), generator=generator, device=generator.device)
+    logits = logits.to(targets.device)
     logits.requires_grad_(True)
     optimizer = torch.optim.Adam([logits], lr=lr)
     requires_grad = [p.requires_grad for p in teacher.parameters()]

@@ -15,22 +15,31 @@ Methods (combinable with ``+``, e.g. ``"synth+weighted"``):
   1), with ``tau`` the standard deviation of ``log p(a)`` under the model's own samples, so
   off-domain samples (low density) count less.
 
-Distributed: under ``torch.distributed`` (``torchrun``; tested with gloo on CPU) the student is
-wrapped in ``DistributedDataParallel``, the transfer data are sharded by a ``DistributedSampler``,
-``batch_size`` is the global batch (each rank takes ``batch_size / world_size``), each rank
-synthesizes its share of the pool (then all ranks gather the whole pool), and rank ``r`` draws
-activations from the Philox offsets ``r * 2**40 + counter`` (SPEC section 4), so no two ranks
-and no two draws share a stream.
+Transfer data are a tensor of images, any re-iterable of image batches (a ``DataLoader``), or
+None (``batches`` says what resuming means for each).
+
+Devices: the teacher, the student, the distribution, the transfer tensor, the pool and every
+random choice of a step live on ``device``; a step never makes the host wait for the GPU (module
+``device``): its random choices come from generators on the device, and the loss and the seconds
+of the sampler and the log-density (timed by CUDA events) are read once per ``log_every`` steps.
+
+Distributed: under ``torch.distributed`` (``torchrun``; NCCL with each rank on ``cuda:LOCAL_RANK``,
+gloo on CPU) the student is wrapped in ``DistributedDataParallel``, a transfer tensor is sharded by
+a ``DistributedSampler`` (a loader shards itself), ``batch_size`` is the global batch (each rank
+takes ``batch_size / world_size``), each rank synthesizes its share of the pool (then all ranks
+gather the whole pool), and rank ``r`` draws activations from the Philox offsets
+``r * 2**40 + counter`` (SPEC section 4), so no two ranks and no two draws share a stream.
 
 Checkpoints hold the student, the teacher, the optimizer and schedule, the step, the sampler
-counter, the transfer sampler's position and the synthesis pool; every other random choice is a
-pure function of ``(seed, step, rank)``, so a resumed run continues exactly where it stopped.
+counter, the transfer data's position and the synthesis pool; every other random choice is a
+pure function of ``(seed, step, rank)``, so a resumed run continues exactly where it stopped (with
+a loader: when the loader's order is, see ``batches``).
 """
 from __future__ import annotations
 
 import math
 import os
-import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,27 +48,28 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from .._random import stream_seed
-from ..families import ClassConditionalDistribution
+from ..families import ClassConditionalDistribution, get_family
+from .batches import LoaderBatches, TensorBatches
+from .device import IntervalMeans, PartTimer, distribution_on
 from .synthesis import resolve_match, synthesize_inputs
 
 METHOD_PARTS = ("kd", "synth", "weighted")
 RANK_OFFSET_STRIDE = 2**40  # Philox counters per rank: disjoint ranges r * 2^40 + [0, 2^40)
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2      # 2: the transfer source's kind beside its position; the loss log
 
 
 def parse_method(method: str) -> frozenset[str]:
     """``"synth+weighted"`` -> ``{"synth", "weighted"}``; ``"kd"`` (plain KD) -> ``{}``.
 
     Raises:
-        ValueError: an unknown part.
+        ValueError: an unknown part (the empty method included: its one part is ``""``).
     """
     parts = frozenset(part.strip() for part in method.split("+"))
     unknown = parts - set(METHOD_PARTS)
-    if unknown or not method:
+    if unknown:
         raise ValueError(f"method must be parts of {METHOD_PARTS} joined by '+', got {method!r}")
     return parts - {"kd"}
 
@@ -70,7 +80,7 @@ class DistillConfig:
 
     method: str = "kd"
     steps: int = 1500
-    batch_size: int = 128             # global batch per step
+    batch_size: int = 128             # global batch per step (with a loader: sets the pool's share only)
     synth_fraction: float = 0.5       # share of the batch taken from the pool when transfer data exist
     lr: float = 2e-3                  # Adam, cosine-annealed to 0 over ``steps``
     temperature: float = 4.0
@@ -98,12 +108,16 @@ class DistillConfig:
 
 @dataclass
 class Timings:
-    """Seconds spent, accumulated over the run (and across resumes)."""
+    """Seconds spent, accumulated over the run (and across resumes). ``total`` is wall-clock time up
+    to a synchronization with the device; the parts are device time (CUDA events on CUDA, the wall
+    clock on CPU). Brought up to date every ``log_every`` steps, at checkpoints and at the end of
+    :meth:`Distiller.train`."""
 
     total: float = 0.0        # training loop, pool synthesis included
     synthesis: float = 0.0    # building and refreshing the pool (teacher forward/backward on inputs)
     sampler: float = 0.0      # distribution.sample
     log_density: float = 0.0  # distribution.log_marginal
+    steps: int = 0            # the training steps ``total`` covers
 
 
 def distributed_context() -> tuple[int, int]:
@@ -122,71 +136,103 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
 
 class Distiller:
     """Distils ``teacher`` (a module with ``features(x) -> [N, D]`` and ``fc: nn.Linear``) into
-    ``student`` (any classifier ``x -> [N, C]``) using ``transfer: [M, *image_shape]`` (``M`` may
-    be 0) and, for ``synth``/``weighted``, the teacher's ``distribution``.
+    ``student`` (any classifier ``x -> [N, C]``) on ``device``, from ``transfer`` data and, for
+    ``synth``/``weighted``, the teacher's distribution of penultimate activations.
 
-    The teacher is put in eval mode with ``requires_grad=False`` (in place): it is never trained.
+    The teacher is put in eval mode with ``requires_grad=False`` and, like the student, moved to
+    ``device`` (in place): it is never trained.
 
     Args:
-        image_shape: the shape of one input (needed to synthesize when ``transfer`` is empty).
+        distribution: a fitted family (moved to ``device``), or a registered family's name
+            (``penact.family_names()``), fitted here to the teacher's activations of one pass over
+            the transfer data, labelled by the teacher's own predictions (fit it on the teacher's
+            training data instead, and pass it, when those are at hand).
+        transfer: unlabelled images ``[M, *image_shape]`` (``M`` may be 0), any re-iterable of
+            image batches such as a ``DataLoader`` (a batch may be ``(images, labels)``: the
+            labels are never read), or None. A loader sets the transfer part of each step's batch
+            (``config.batch_size`` then sizes only the pool's part) and, under ``torchrun``, its
+            own sharding (a ``DistributedSampler``).
+        config: the hyper-parameters (default: ``DistillConfig()``).
+        image_shape: the shape of one input; needed to synthesize (``synth``) when ``transfer`` is
+            not a tensor.
         checkpoint_path: where ``save_checkpoint`` writes (every ``checkpoint_every`` steps and at
             the end of ``train``); resume with ``load_checkpoint``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:i"`` (default: the teacher's).
 
     Raises:
         ValueError: a method with no data source (no transfer data and no ``synth``), a global batch
-            not divisible by the world size, or a distribution whose classes or width disagree
-            with the teacher's final layer.
+            not divisible by the world size, a distribution whose classes or width disagree with
+            the teacher's final layer, a family name with no transfer data to fit on (or with a
+            loader under ``torchrun``: each rank would fit its own shard), or ``synth`` without
+            an ``image_shape``.
     """
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, distribution: ClassConditionalDistribution,
-                 transfer: Tensor, config: DistillConfig, *, image_shape: tuple[int, ...] = (1, 8, 8),
-                 checkpoint_path: str | Path | None = None, device: torch.device | str | None = None):
-        self.config = config
+    def __init__(self, teacher: nn.Module, student: nn.Module, distribution: ClassConditionalDistribution | str,
+                 transfer: Tensor | Iterable | None, config: DistillConfig | None = None, *,
+                 image_shape: tuple[int, ...] | None = None, checkpoint_path: str | Path | None = None,
+                 device: torch.device | str | None = None):
+        self.config = config = config if config is not None else DistillConfig()
         self.parts = parse_method(config.method)
         self.rank, self.world_size = distributed_context()
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = torch.device(device) if device is not None else teacher.fc.weight.device
         if config.batch_size % self.world_size:
             raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the world size ({self.world_size})")
-        if distribution.weight.shape != teacher.fc.weight.shape:
-            raise ValueError(f"distribution must describe the teacher's final layer {tuple(teacher.fc.weight.shape)}, "
-                             f"got weight {tuple(distribution.weight.shape)}")
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.student = student.to(self.device)
         self.model = DistributedDataParallel(self.student) if self.world_size > 1 else self.student
-        self.distribution = distribution
-        self.match = resolve_match(config.match, distribution)
-        self.image_shape = tuple(image_shape)
-        self.transfer = transfer.to(self.device)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
 
-        local_batch = config.batch_size // self.world_size
-        has_transfer = self.transfer.shape[0] > 0
+        is_tensor = isinstance(transfer, Tensor)
+        has_transfer = transfer.shape[0] > 0 if is_tensor else transfer is not None
         if not has_transfer and "synth" not in self.parts:
             raise ValueError(f"method {config.method!r} needs transfer data: the transfer set is empty (use synth)")
-        if "synth" in self.parts and has_transfer:
-            self.synth_batch = max(1, round(local_batch * config.synth_fraction))
+        self.image_shape = tuple(image_shape) if image_shape is not None else (
+            tuple(transfer.shape[1:]) if is_tensor else None)
+        if "synth" in self.parts and self.image_shape is None:
+            raise ValueError("synth needs image_shape when the transfer data are not a tensor")
+        local_batch = config.batch_size // self.world_size
+        if "synth" not in self.parts:
+            self.synth_batch = 0
         else:
-            self.synth_batch = local_batch if "synth" in self.parts else 0
-        self.transfer_batch = local_batch - self.synth_batch
-        if has_transfer:
-            self.sampler = DistributedSampler(range(self.transfer.shape[0]), num_replicas=self.world_size,
-                                              rank=self.rank, shuffle=True, seed=config.seed, drop_last=True)
-            if self.transfer_batch > len(self.sampler):
-                raise ValueError(f"the transfer set ({self.transfer.shape[0]} images) is smaller than a "
-                                 f"{self.world_size}-rank batch of {self.transfer_batch * self.world_size}")
+            self.synth_batch = max(1, round(local_batch * config.synth_fraction)) if has_transfer else local_batch
+        self.transfer: TensorBatches | LoaderBatches | None = None
+        if is_tensor and has_transfer and local_batch > self.synth_batch:
+            self.transfer = TensorBatches(transfer, local_batch - self.synth_batch, rank=self.rank,
+                                          world_size=self.world_size, seed=config.seed, device=self.device)
+        elif not is_tensor and has_transfer:
+            self.transfer = LoaderBatches(transfer, self.device)
+
+        if isinstance(distribution, str):
+            distribution = self._fit(distribution)
+        if distribution.weight.shape != self.teacher.fc.weight.shape:
+            raise ValueError(f"distribution must describe the teacher's final layer {tuple(teacher.fc.weight.shape)}, "
+                             f"got weight {tuple(distribution.weight.shape)}")
+        self.distribution = distribution_on(distribution, self.device)
+        self.match = resolve_match(config.match, self.distribution)
 
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(config.steps, 1))
         self.step = 0
         self.sample_counter = 0          # Philox counters used by this rank (same on every rank)
-        self.epoch, self.cursor = 0, 0   # transfer sampler position
         self.pool_images: Tensor | None = None
         self.pool_logits: Tensor | None = None
         self.pool_labels: Tensor | None = None
         self.pool_refreshes = 0
         self.weight_temperature: float | None = None
+        self.losses: list[tuple[int, float]] = []  # (step, mean loss over the logging interval ending there)
         self.timings = Timings()
-        self._order: list[int] | None = None
+        self._timer = PartTimer(self.device)
+
+    def _fit(self, family: str) -> ClassConditionalDistribution:
+        """The registered ``family`` fitted to the teacher's activations of one pass over the transfer data."""
+        if self.transfer is None:
+            raise ValueError(f"fitting the family {family!r} needs transfer data: pass a fitted distribution")
+        if isinstance(self.transfer, LoaderBatches) and self.world_size > 1:
+            raise ValueError("under torchrun each rank's loader holds its own shard: fit the family once and pass "
+                             "the fitted distribution")
+        with torch.no_grad():
+            activations = torch.cat([self.teacher.features(images) for images in self.transfer.one_epoch()])
+        return get_family(family).fit(self.teacher.fc, activations)
 
     # -- randomness ----------------------------------------------------------------------------
 
@@ -199,19 +245,17 @@ class Distiller:
         return offset
 
     def _sample(self, labels: Tensor) -> Tensor:
-        started = time.perf_counter()
-        activations = self.distribution.sample(labels, seed=self.config.seed, offset=self._reserve_offset(len(labels)))
-        self.timings.sampler += time.perf_counter() - started
-        return activations
+        with self._timer.part("sampler"):
+            return self.distribution.sample(labels, seed=self.config.seed, offset=self._reserve_offset(len(labels)))
 
     def _log_marginal(self, activations: Tensor) -> Tensor:
-        started = time.perf_counter()
-        log_density = self.distribution.log_marginal(activations)
-        self.timings.log_density += time.perf_counter() - started
-        return log_density
+        with self._timer.part("log_density"):
+            return self.distribution.log_marginal(activations)
 
-    def _generator(self, *purpose) -> torch.Generator:
-        return torch.Generator().manual_seed(stream_seed(self.config.seed, self.rank, *purpose))
+    def _generator(self, *purpose, device: torch.device | str = "cpu") -> torch.Generator:
+        """A generator on ``device`` seeded by ``(seed, rank, *purpose)``: stateless, so resumable.
+        One on the step's device draws there, with nothing copied from the host."""
+        return torch.Generator(device=device).manual_seed(stream_seed(self.config.seed, self.rank, *purpose))
 
     # -- the synthesis pool --------------------------------------------------------------------
 
@@ -225,22 +269,20 @@ class Distiller:
     def _synthesize(self, count: int) -> tuple[Tensor, Tensor, Tensor]:
         """``count`` new pool entries (images, labels, teacher logits), split across ranks; labels
         cycle through the classes so that every refresh is balanced."""
-        started = time.perf_counter()
-        local = math.ceil(count / self.world_size)
-        num_classes = self.distribution.num_classes
-        first = self.pool_refreshes * count + self.rank * local
-        labels = (first + torch.arange(local, device=self.device)) % num_classes
-        targets = self._sample(labels)
-        images = synthesize_inputs(self.teacher, self.distribution, targets, labels, self.image_shape,
-                                   self._generator("synthesis", self.pool_refreshes), steps=self.config.synth_steps,
-                                   lr=self.config.synth_lr, match=self.match, tv_weight=self.config.tv_weight,
-                                   l2_weight=self.config.l2_weight)
-        with torch.no_grad():
-            logits = self.teacher(images)
-        self.pool_refreshes += 1
-        gathered = tuple(self._gather(t)[:count] for t in (images, labels, logits))
-        self.timings.synthesis += time.perf_counter() - started
-        return gathered
+        with self._timer.part("synthesis"):
+            local = math.ceil(count / self.world_size)
+            num_classes = self.distribution.num_classes
+            first = self.pool_refreshes * count + self.rank * local
+            labels = (first + torch.arange(local, device=self.device)) % num_classes
+            targets = self._sample(labels)
+            images = synthesize_inputs(self.teacher, self.distribution, targets, labels, self.image_shape,
+                                       self._generator("synthesis", self.pool_refreshes, device=self.device),
+                                       steps=self.config.synth_steps, lr=self.config.synth_lr, match=self.match,
+                                       tv_weight=self.config.tv_weight, l2_weight=self.config.l2_weight)
+            with torch.no_grad():
+                logits = self.teacher(images)
+            self.pool_refreshes += 1
+            return tuple(self._gather(t)[:count] for t in (images, labels, logits))
 
     def _update_pool(self) -> None:
         if self.pool_images is None:
@@ -251,18 +293,6 @@ class Distiller:
         self.pool_images = torch.cat([self.pool_images[keep], images])
         self.pool_labels = torch.cat([self.pool_labels[keep], labels])
         self.pool_logits = torch.cat([self.pool_logits[keep], logits])
-
-    # -- the transfer data ---------------------------------------------------------------------
-
-    def _next_transfer_indices(self) -> Tensor:
-        if self._order is None or self.cursor + self.transfer_batch > len(self._order):
-            if self._order is not None:
-                self.epoch, self.cursor = self.epoch + 1, 0
-            self.sampler.set_epoch(self.epoch)
-            self._order = list(self.sampler)
-        indices = self._order[self.cursor:self.cursor + self.transfer_batch]
-        self.cursor += self.transfer_batch
-        return torch.tensor(indices, device=self.device)
 
     def _fit_weight_temperature(self) -> float:
         """``tau``: the std of ``log p(a)`` over ``weight_reference_size`` draws ``(a, y)`` from the
@@ -280,22 +310,23 @@ class Distiller:
 
     # -- training ------------------------------------------------------------------------------
 
-    def _training_step(self) -> float:
+    def _training_step(self) -> Tensor:
+        """One optimizer step; returns the (weighted) batch loss, a scalar on the device."""
         inputs, teacher_logits, weights = [], [], []
-        if self.transfer_batch:
-            images = self.transfer[self._next_transfer_indices()]
+        if self.transfer is not None:
+            images = self.transfer.next()
             with torch.no_grad():
                 activations = self.teacher.features(images)
                 inputs.append(images)
                 teacher_logits.append(self.teacher.fc(activations))
                 if "weighted" in self.parts:
                     log_density = self._log_marginal(activations)
-                    weights.append(self.transfer_batch * torch.softmax(log_density / self.weight_temperature, dim=0))
+                    weights.append(images.shape[0] * torch.softmax(log_density / self.weight_temperature, dim=0))
                 else:
-                    weights.append(images.new_ones(self.transfer_batch))
+                    weights.append(images.new_ones(images.shape[0]))
         if self.synth_batch:
-            chosen = torch.randint(self.pool_images.shape[0], (self.synth_batch,), generator=self._generator("pool", self.step))
-            chosen = chosen.to(self.device)
+            chosen = torch.randint(self.pool_images.shape[0], (self.synth_batch,), device=self.device,
+                                   generator=self._generator("pool", self.step, device=self.device))
             inputs.append(self.pool_images[chosen])
             teacher_logits.append(self.pool_logits[chosen])
             weights.append(self.pool_images.new_ones(self.synth_batch))
@@ -306,35 +337,51 @@ class Distiller:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return float(loss.detach())
+        return loss.detach()
 
-    def train(self, until_step: int | None = None, progress: bool = False) -> "Distiller":
+    def _collect_timings(self) -> None:
+        """Adds the seconds timed since the last collect to ``timings`` (one wait for the device)."""
+        for name, seconds in self._timer.collect().items():
+            setattr(self.timings, name, getattr(self.timings, name) + seconds)
+        self.timings.steps = self.step
+
+    def train(self, until_step: int | None = None, progress: bool = False, log_every: int = 50) -> "Distiller":
         """Trains up to ``until_step`` (default: ``config.steps``); call again to continue.
-        Saves a checkpoint every ``checkpoint_every`` steps and at the end when a path is set."""
+
+        Every ``log_every`` steps (and at the end) the mean loss since the last reading is brought
+        to the host, appended to ``losses`` and shown on the progress bar, and ``timings`` are
+        brought up to date: the only waits for the device between checkpoints. Saves a checkpoint
+        every ``checkpoint_every`` steps and at the end when a path is set.
+        """
+        if log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
         end = self.config.steps if until_step is None else min(until_step, self.config.steps)
-        started = time.perf_counter()
+        self._timer.start()
         self.student.train()
-        if "weighted" in self.parts and self.transfer_batch and self.weight_temperature is None:
+        if "weighted" in self.parts and self.transfer is not None and self.weight_temperature is None:
             self.weight_temperature = self._fit_weight_temperature()
         if "synth" in self.parts and self.pool_images is None:
             self._update_pool()
         bar = tqdm(total=end, initial=self.step, desc=self.config.method, unit="step",
                    disable=not progress or self.rank != 0, leave=False)
+        interval = IntervalMeans()
         while self.step < end:
             if "synth" in self.parts and self.config.refresh_every and self.step % self.config.refresh_every == 0 \
                     and self.step > 0:
                 self._update_pool()
-            loss = self._training_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            interval.add({"loss": self._training_step()})
+            if self.step % log_every == 0 or self.step == end:
+                self.losses.append((self.step, interval.read()["loss"]))
+                self._collect_timings()
+                bar.update(self.step - bar.n)
+                bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}", refresh=False)
             if self.checkpoint_path is not None and self.config.checkpoint_every \
                     and self.step % self.config.checkpoint_every == 0:
-                self.timings.total += time.perf_counter() - started
-                started = time.perf_counter()
+                self._collect_timings()
                 self.save_checkpoint()
         bar.close()
         self.student.eval()
-        self.timings.total += time.perf_counter() - started
+        self._collect_timings()
         if self.checkpoint_path is not None:
             self.save_checkpoint()
         return self
@@ -350,6 +397,9 @@ class Distiller:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
+    def _transfer_kind(self) -> str | None:
+        return None if self.transfer is None else type(self.transfer).__name__
+
     def state_dict(self) -> dict:
         return {
             "version": CHECKPOINT_VERSION,
@@ -361,17 +411,19 @@ class Distiller:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "sample_counter": self.sample_counter,
-            "transfer_position": (self.epoch, self.cursor),
+            "transfer": None if self.transfer is None else
+            {"kind": self._transfer_kind(), "epoch": self.transfer.epoch, "cursor": self.transfer.cursor},
             "pool": None if self.pool_images is None else
             {"images": self.pool_images.cpu(), "labels": self.pool_labels.cpu(), "logits": self.pool_logits.cpu()},
             "pool_refreshes": self.pool_refreshes,
             "weight_temperature": self.weight_temperature,
+            "losses": self.losses,
             "timings": asdict(self.timings),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restores a ``state_dict``. Raises ``ValueError`` when it comes from another config or
-        world size (the transfer shards and sampler offsets would not line up)."""
+        """Restores a ``state_dict``. Raises ``ValueError`` when it comes from another config, world
+        size or kind of transfer data (the transfer shards and sampler offsets would not line up)."""
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
         differing = {key: value for key, value in state["config"].items()
@@ -380,23 +432,26 @@ class Distiller:
             raise ValueError(f"checkpoint was written with another config: {differing}")
         if state["world_size"] != self.world_size:
             raise ValueError(f"checkpoint was written by {state['world_size']} ranks, this run has {self.world_size}")
+        transfer = state["transfer"]
+        kind = None if transfer is None else transfer["kind"]
+        if kind != self._transfer_kind():
+            raise ValueError(f"checkpoint was written with transfer data from {kind}, this run has "
+                             f"{self._transfer_kind()}")
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         self.sample_counter = state["sample_counter"]
-        self.epoch, self.cursor = state["transfer_position"]
-        self._order = None
-        if self.transfer_batch and self.cursor:
-            self.sampler.set_epoch(self.epoch)
-            self._order = list(self.sampler)
+        if transfer is not None:
+            self.transfer.seek(transfer["epoch"], transfer["cursor"])
         pool = state["pool"]
         if pool is not None:
             self.pool_images, self.pool_labels, self.pool_logits = (
                 pool[key].to(self.device) for key in ("images", "labels", "logits"))
         self.pool_refreshes = state["pool_refreshes"]
         self.weight_temperature = state["weight_temperature"]
+        self.losses = [tuple(entry) for entry in state["losses"]]
         self.timings = Timings(**state["timings"])
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
@@ -415,9 +470,13 @@ class Distiller:
         return path
 
     def load_checkpoint(self, path: str | Path | None = None) -> bool:
-        """Resumes from ``path`` (default: ``checkpoint_path``) if it exists; returns whether it did."""
+        """Resumes from ``path`` (default: ``checkpoint_path``) if it exists; returns whether it did.
+
+        The file is read onto the CPU and ``load_state_dict`` moves each tensor where it belongs:
+        the optimizer keeps Adam's step counts on the CPU, as it made them (on the GPU they would
+        be read by the host at every step)."""
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None or not path.exists():
             return False
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
         return True

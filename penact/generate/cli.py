@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .._random import stream_seed
 from ..data import load_digits_split
-from ..experiments import fit_distribution, git, prepare_teacher
+from ..experiments import add_device_argument, device_name, fit_distribution, git, prepare_teacher
 from ..models import accuracy, train_classifier
 from .families import FAMILIES, LatentSpace
 from .metrics import Judges
@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default=None, help="file stem (default: generate-<date>)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    add_device_argument(parser)
+    parser.add_argument("--log-every", type=int, default=100,
+                        help="steps between readings of the losses (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -103,47 +106,53 @@ def _save_grid(images: torch.Tensor, labels: torch.Tensor, columns: int, path: P
 def _sample_reading(space: LatentSpace, seed: int, per_class: int = 1000) -> float:
     """The share of the teacher's own samples ``a ~ p(a | y)`` that it reads as class ``y``: how
     class-clear the condition a penact generator decodes is (a generator faithful to it inherits that)."""
-    labels = torch.arange(space.num_classes).repeat_interleave(per_class)
+    labels = torch.arange(space.num_classes, device=space.distribution.weight.device).repeat_interleave(per_class)
     a = space.prior_sample(labels, torch.Generator().manual_seed(stream_seed(seed, space.family, "reading")))
     return float((space.class_log_posterior(a).argmax(dim=1) == labels).double().mean())
 
 
 def run(args: argparse.Namespace, name: str) -> dict:
+    """Every seed and model on ``args.device``: teachers, judges, families, training, generation and
+    scores there (the real images are moved there; the grids are drawn from CPU copies)."""
     data = load_digits_split()
+    device = args.device
+    train_images, train_labels = data.train_images.to(device), data.train_labels.to(device)
+    test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
     config = TrainConfig(vae_steps=args.vae_steps, gan_steps=args.gan_steps, batch_size=args.batch_size,
                          discriminator_lr=args.discriminator_lr, consistency=args.consistency, free_kl=args.free_kl)
     runs = _runs(args.models, args.families)
     num_classes = data.num_classes
-    eval_labels = torch.arange(num_classes).repeat_interleave(args.per_class)
+    eval_labels = torch.arange(num_classes, device=device).repeat_interleave(args.per_class)
     records, references = [], []
     bar = tqdm(total=args.seeds * len(runs), desc="generate", unit="model", disable=args.no_progress)
     for seed in range(args.seeds):
-        teacher = prepare_teacher(seed, args.teacher_epochs)
+        teacher = prepare_teacher(seed, args.teacher_epochs, device=device)
         torch.manual_seed(stream_seed(seed, "judge"))
-        judge = JudgeMLP(num_classes)
-        train_classifier(judge, data.train_images, data.train_labels, args.judge_epochs, seed=stream_seed(seed, "judge"),
+        judge = JudgeMLP(num_classes).to(device)
+        train_classifier(judge, train_images, train_labels, args.judge_epochs, seed=stream_seed(seed, "judge"),
                          progress=False)
-        judges = Judges(teacher, judge, data.test_images, data.test_labels)
-        real = judges.score(data.train_images, data.train_labels)
-        references.append({"seed": seed, "teacher_test_accuracy": accuracy(teacher, data.test_images, data.test_labels),
-                           "judge_test_accuracy": accuracy(judge, data.test_images, data.test_labels),
+        judges = Judges(teacher, judge, test_images, test_labels)
+        real = judges.score(train_images, train_labels)
+        references.append({"seed": seed, "teacher_test_accuracy": accuracy(teacher, test_images, test_labels),
+                           "judge_test_accuracy": accuracy(judge, test_images, test_labels),
                            "real_train_split": asdict(real)})
-        spaces = {family: LatentSpace(fit_distribution(family, teacher, data.train_images, data.train_labels))
+        spaces = {family: LatentSpace(fit_distribution(family, teacher, train_images, train_labels))
                   for family in {f for _, f in runs if f is not None}}
         references[-1]["sample_reading"] = {family: _sample_reading(space, seed) for family, space in spaces.items()}
         for model, family in runs:
             bar.set_postfix_str(f"seed {seed} {_label(model, family)}")
             mode = parse_model(model)[1]
-            result = train_model(model, teacher, spaces.get(family), data.train_images,
-                                 None if mode == "free" else data.train_labels, config,
-                                 seed=stream_seed(seed, model, family), progress=not args.no_progress)
+            result = train_model(model, teacher, spaces.get(family), train_images,
+                                 None if mode == "free" else train_labels, config,
+                                 seed=stream_seed(seed, model, family), progress=not args.no_progress,
+                                 log_every=args.log_every)
             generator = torch.Generator().manual_seed(stream_seed(seed, model, family, "evaluate"))
             images = result.generator.generate(eval_labels, generator)
             scores = judges.score(images, eval_labels)
             records.append({"model": model, "family": family, "seed": seed, "train_seconds": result.seconds,
                             "final_losses": result.final_losses, **asdict(scores)})
             if seed == 0:
-                _save_grid(images, eval_labels, min(10, args.per_class),
+                _save_grid(images.cpu(), eval_labels.cpu(), min(10, args.per_class),
                            args.out / name / f"{model}{'' if family is None else '-' + family}.png")
             bar.update(1)
             bar.set_postfix_str(f"{_label(model, family)}: judge {100 * scores.judge_fidelity:.1f}%")
@@ -202,7 +211,7 @@ def _markdown(summary: dict, command: str, settings: dict, name: str) -> str:
     real = {k: statistics.fmean(r["real_train_split"][k] for r in refs) for k in refs[0]["real_train_split"]}
     lines = [f"# Generator transfer on digits ({summary['date']})", "",
              f"Command: `{command}`  ", f"Commit: `{summary['commit']}`, torch {summary['torch']}, "
-             f"{summary['threads']} threads  ",
+             f"{summary['threads']} threads, on {summary['device']}  ",
              "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
              f"Teacher (CNN) test accuracy {100 * mean('teacher_test_accuracy'):.1f}%, judge (pixel MLP) "
              f"{100 * mean('judge_test_accuracy'):.1f}% (means over {len(refs)} seeds). Real training images scored "
@@ -239,7 +248,8 @@ def main(args: argparse.Namespace) -> int:
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     table = summarize(results["records"])
     summary = {"date": datetime.date.today().isoformat(), "commit": commit, "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "table": table, "targets": targets(table, args.families),
+               "threads": torch.get_num_threads(), "device": device_name(args.device), "table": table,
+               "targets": targets(table, args.families),
                **results}
     settings = {k: getattr(args, k) for k in ("seeds", "teacher_epochs", "judge_epochs", "vae_steps", "gan_steps",
                                               "batch_size", "discriminator_lr", "consistency", "free_kl",

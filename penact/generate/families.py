@@ -18,12 +18,14 @@ penultimate activations (any registered family, through its protocol) and gives:
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distill.device import distribution_on
 from ..families import ClassConditionalDistribution, family_names
 
 FAMILIES = family_names()
@@ -41,6 +43,13 @@ class LatentSpace:
         self.family = distribution.name
         self.distribution = distribution.latent_prior()
         self.posterior_size = self.distribution.centred_weight_size
+
+    def to(self, device: torch.device | str) -> "LatentSpace":
+        """This space with its distribution on ``device`` (moved without the constructor's value
+        checks, which synchronize with a GPU)."""
+        moved = copy.copy(self)
+        moved.distribution = distribution_on(self.distribution, torch.device(device))
+        return moved
 
     @property
     def dim(self) -> int:

@@ -12,6 +12,11 @@ A model is named ``<kind>-<mode>``: kind ``vae`` or ``gan``; mode
   ``rsample`` and ``log_marginal``, ``free_kl="mixture"``); the GAN conditions each real image on
   an activation drawn for a class drawn from the teacher's posterior of it.
 
+Training runs on any device: the networks, the images, the teacher's latent space and every draw
+of a step live there, and a step never makes the host wait for the GPU (``penact.distill.device``):
+torch's random ops draw from a generator on the device, the families take their seeds from a CPU
+generator (a seed is a host integer), and the losses are read once per ``log_every`` steps.
+
 Every penact model generates class ``y`` by decoding ``a ~ p(a | y)``, the teacher's distribution.
 Every VAE also has a Gaussian style code (``N(0, I)`` prior), so that the penact VAEs differ from
 the one-hot baseline only in their condition: a posterior in the teacher's space, not a label.
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..distill.device import IntervalMeans, synchronize
 from .families import LatentSpace, frozen
 from .networks import Decoder, FeatureEncoder, GaussianEncoder, ProjectionDiscriminator
 
@@ -60,22 +66,27 @@ def parse_model(name: str) -> tuple[str, str]:
 
 
 class ConditionalGenerator(nn.Module):
-    """A trained model's sampler: ``generate(labels) -> images [N, 1, 8, 8]`` in ``[0, 1]``."""
+    """A trained model's sampler: ``generate(labels) -> images [N, 1, 8, 8]`` in ``[0, 1]``, on the
+    decoder's device."""
 
     def __init__(self, decoder: Decoder, space: LatentSpace | None, num_classes: int, latent_size: int):
         super().__init__()
         self.decoder, self.space = decoder, space
         self.num_classes, self.latent_size = num_classes, latent_size
 
-    def condition(self, labels: Tensor, generator: torch.Generator) -> Tensor:
+    def condition(self, labels: Tensor, seeds: torch.Generator) -> Tensor:
+        """The decoder's condition for ``labels: [N]``, ``[N, K]``; ``seeds``: the CPU generator the
+        family's draws take their seed from."""
         if self.space is None:
             return F.one_hot(labels, self.num_classes).float()
-        return self.space.normalize(self.space.prior_sample(labels, generator))
+        return self.space.normalize(self.space.prior_sample(labels, seeds))
 
     @torch.no_grad()
     def generate(self, labels: Tensor, generator: torch.Generator) -> Tensor:
-        latent = torch.randn(labels.shape[0], self.latent_size, generator=generator)
-        return torch.sigmoid(self.decoder(latent, self.condition(labels, generator)))
+        """Images for ``labels: [N]``, every draw from ``generator`` (a CPU generator)."""
+        device = next(self.decoder.parameters()).device
+        latent = torch.randn(labels.shape[0], self.latent_size, generator=generator).to(device)
+        return torch.sigmoid(self.decoder(latent, self.condition(labels.to(device), generator)))
 
 
 @dataclass
@@ -85,49 +96,75 @@ class TrainResult:
     final_losses: dict
 
 
+def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """``(draws, seeds)``: ``draws`` on ``device`` for torch's random ops in a step (nothing is copied
+    from the host), ``seeds`` on the CPU for the families' draws (they take a seed from a CPU
+    generator). On the CPU both are one generator, so a CPU run draws the numbers it drew before
+    the trainers ran on other devices."""
+    draws = torch.Generator(device=device).manual_seed(seed)
+    return draws, draws if draws.device.type == "cpu" else torch.Generator().manual_seed(seed)
+
+
 def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images: Tensor, labels: Tensor | None,
-                config: TrainConfig, seed: int, progress: bool = True) -> TrainResult:
-    """Trains model ``name`` on ``images [N, 1, 8, 8]`` in ``[0, 1]``.
+                config: TrainConfig, seed: int, progress: bool = True, *, device: torch.device | str | None = None,
+                log_every: int = 100) -> TrainResult:
+    """Trains model ``name`` on ``images [N, 1, 8, 8]`` in ``[0, 1]`` on ``device`` (default: the
+    teacher's; the teacher, ``images``, ``labels`` and ``space`` are moved there).
 
     ``labels`` are required for the ``onehot`` and ``labelled`` modes and refused for ``free``
     (so the label-free models provably never see them). ``space`` (the teacher's latent space) is
-    required for the penact modes. Randomness (initialization, batches, draws) follows ``seed``.
+    required for the penact modes. Randomness (initialization, batches, draws) follows ``seed``;
+    the initialization is drawn on the CPU, the same on every device. The progress bar shows the
+    mean losses over each ``log_every`` steps; ``final_losses`` are the last step's.
     """
     kind, mode = parse_model(name)
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
     if (mode == "free") != (labels is None):
         raise ValueError(f"{name}: labels must be {'None' if mode == 'free' else 'given'} in mode {mode!r}")
     if (mode == "onehot") != (space is None):
         raise ValueError(f"{name}: space must be {'None' if mode == 'onehot' else 'given'} in mode {mode!r}")
     if labels is not None and labels.shape != images.shape[:1]:
         raise ValueError(f"labels must have shape [N] = [{images.shape[0]}], got {tuple(labels.shape)}")
+    device = torch.device(device) if device is not None else teacher.fc.weight.device
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    teacher = frozen(teacher)
+    draws, seeds = _generators(seed, device)
+    teacher = frozen(teacher.to(device))
+    images = images.to(device)
+    labels = labels.to(device) if labels is not None else None
+    space = space.to(device) if space is not None else None
     num_classes = teacher.fc.out_features
-    trainer = (_VAETrainer if kind == "vae" else _GANTrainer)(teacher, space, num_classes, config, generator)
+    trainer = (_VAETrainer if kind == "vae" else _GANTrainer)(teacher, space, num_classes, config, draws, seeds)
     steps = config.vae_steps if kind == "vae" else config.gan_steps
     started = time.perf_counter()
     bar = tqdm(range(steps), desc=name + (f" ({space.family})" if space else ""), unit="step", disable=not progress,
                leave=False)
-    losses: dict = {}
+    interval = IntervalMeans()
+    losses: dict[str, Tensor] = {}
     for step in bar:
-        index = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)
+        index = torch.randint(0, images.shape[0], (config.batch_size,), generator=draws, device=device)
         losses = trainer.step(images[index], labels[index] if labels is not None else None)
-        if step % 100 == 0:
-            bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
+        if progress:
+            interval.add(losses)
+            if (step + 1) % log_every == 0:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in interval.read().items()})
     bar.close()
-    return TrainResult(trainer.sampler(), time.perf_counter() - started, losses)
+    synchronize(device)  # the clock stops when the GPU has run the last step, not when it was queued
+    seconds = time.perf_counter() - started
+    return TrainResult(trainer.sampler(), seconds, {part: float(loss) for part, loss in losses.items()})
 
 
 class _VAETrainer:
-    def __init__(self, teacher, space, num_classes, config, generator):
-        self.space, self.generator = space, generator
+    def __init__(self, teacher, space, num_classes, config, generator, seeds):
+        self.space, self.generator, self.seeds = space, generator, seeds
+        device = teacher.fc.weight.device
         if space is None:
-            self.encoder = GaussianEncoder(config.latent_size, num_classes)
-            self.decoder = Decoder(config.latent_size, num_classes)
+            self.encoder = GaussianEncoder(config.latent_size, num_classes).to(device)
+            self.decoder = Decoder(config.latent_size, num_classes).to(device)
         else:
-            self.encoder = FeatureEncoder(teacher.backbone, space.dim, space.posterior_size + 2 * config.latent_size)
-            self.decoder = Decoder(config.latent_size, space.dim)
+            self.encoder = FeatureEncoder(teacher.backbone, space.dim,
+                                          space.posterior_size + 2 * config.latent_size).to(device)
+            self.decoder = Decoder(config.latent_size, space.dim).to(device)
         self.latent_size = config.latent_size
         self.model = ConditionalGenerator(self.decoder, space, num_classes, config.latent_size)
         parameters = [p for m in (self.encoder, self.decoder) for p in m.parameters() if p.requires_grad]
@@ -138,12 +175,13 @@ class _VAETrainer:
     def _gaussian(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
         """A draw of the style code and its KL to N(0, I), ``[N]``."""
         log_var = log_var.clamp(-12.0, 8.0)
-        latent = mean + torch.randn(mean.shape, generator=self.generator) * (0.5 * log_var).exp()
+        latent = mean + torch.randn(mean.shape, generator=self.generator, device=mean.device) * (0.5 * log_var).exp()
         return latent, 0.5 * (mean.square() + log_var.exp() - 1 - log_var).sum(dim=1)
 
-    def step(self, images: Tensor, labels: Tensor | None) -> dict:
+    def step(self, images: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
+        """One optimizer step; returns its losses, detached scalars on the device."""
         if self.space is None:
-            condition = self.model.condition(labels, self.generator)
+            condition = self.model.condition(labels, self.seeds)
             latent, kl = self._gaussian(*self.encoder(images, condition))
             logits = self.decoder(latent, condition)
         else:
@@ -151,7 +189,7 @@ class _VAETrainer:
             correction, mean, log_var = outputs.split([self.space.posterior_size, self.latent_size,
                                                        self.latent_size], dim=1)
             posterior = self.space.posterior(features, correction)
-            a = posterior.rsample(self.generator)
+            a = posterior.rsample(self.seeds)
             latent, kl = self._gaussian(mean, log_var)
             logits = self.decoder(latent, self.space.normalize(a))
             class_posterior = None
@@ -166,37 +204,42 @@ class _VAETrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"recon": float(reconstruction.detach().mean()), "kl": float(kl.detach().mean())}
+        return {"recon": reconstruction.detach().mean(), "kl": kl.detach().mean()}
 
     def sampler(self) -> ConditionalGenerator:
         return self.model.eval()
 
 
 class _GANTrainer:
-    def __init__(self, teacher, space, num_classes, config, generator):
-        self.teacher, self.space, self.generator = teacher, space, generator
+    def __init__(self, teacher, space, num_classes, config, generator, seeds):
+        self.teacher, self.space, self.generator, self.seeds = teacher, space, generator, seeds
         self.consistency = config.consistency
         condition_size = num_classes if space is None else space.dim
         self.noise_size = config.noise_size
-        self.decoder = Decoder(config.noise_size, condition_size)
+        device = teacher.fc.weight.device
+        self.decoder = Decoder(config.noise_size, condition_size).to(device)
         self.model = ConditionalGenerator(self.decoder, space, num_classes, config.noise_size)
-        self.discriminator = ProjectionDiscriminator(condition_size)
+        self.discriminator = ProjectionDiscriminator(condition_size).to(device)
         self.g_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.gan_lr, betas=(0.5, 0.999))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.discriminator_lr,
                                             betas=(0.5, 0.999))
 
-    def step(self, images: Tensor, labels: Tensor | None) -> dict:
+    def step(self, images: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
+        """One discriminator and one generator step; returns their losses, detached scalars on the device."""
         count = images.shape[0]
+        device = images.device
         if labels is None:
-            # Label-free: an image's class is the teacher's reading of it, drawn from its posterior.
+            # Label-free: an image's class is the teacher's reading of it, drawn from its posterior:
+            # argmax_c p_c / q_c with q_c ~ Exp(1), the draw torch.multinomial makes for one sample,
+            # without the check of the probabilities it reads back to the host.
             with torch.no_grad():
                 reading = self.space.class_log_posterior(self.teacher.features(images)).exp()
-            labels = torch.multinomial(reading, 1, generator=self.generator).squeeze(1)
-        real_condition = self.model.condition(labels, self.generator)
+            labels = (reading / torch.empty_like(reading).exponential_(generator=self.generator)).argmax(dim=1)
+        real_condition = self.model.condition(labels, self.seeds)
         # Generated images get the batch's classes in another order: the same class frequencies.
-        fake_labels = labels[torch.randperm(count, generator=self.generator)]
-        fake_condition = self.model.condition(fake_labels, self.generator)
-        noise = torch.randn(count, self.noise_size, generator=self.generator)
+        fake_labels = labels[torch.randperm(count, generator=self.generator, device=device)]
+        fake_condition = self.model.condition(fake_labels, self.seeds)
+        noise = torch.randn(count, self.noise_size, generator=self.generator, device=device)
         fake = torch.sigmoid(self.decoder(noise, fake_condition))
 
         d_loss = (F.relu(1 - self.discriminator(images, real_condition)).mean()
@@ -206,12 +249,12 @@ class _GANTrainer:
         self.d_optimizer.step()
 
         g_loss = -self.discriminator(fake, fake_condition).mean()
-        losses = {"d": float(d_loss.detach()), "g": float(g_loss.detach())}
+        losses = {"d": d_loss.detach(), "g": g_loss.detach()}
         if self.space is not None and self.consistency > 0:
             log_reading = self.space.class_log_posterior(self.teacher.features(fake))
             consistency = F.nll_loss(log_reading, fake_labels)
             g_loss = g_loss + self.consistency * consistency
-            losses["consistency"] = float(consistency.detach())
+            losses["consistency"] = consistency.detach()
         self.g_optimizer.zero_grad(set_to_none=True)
         g_loss.backward()
         self.g_optimizer.step()
