@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .data import load_digits_split
-from .distill.device import synchronize
+from .training import synchronize
 from .experiments import add_device_argument, device_name
 from .families import ClassConditionalDistribution, SphereDistribution, family_names, get_family
 from .models import accuracy, teacher_cnn, train_classifier

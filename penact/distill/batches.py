@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data.distributed import DistributedSampler
 
-from .device import host_to_device
+from ..training import host_to_device
 
 
 def _images(batch) -> Tensor:

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from .._random import stream_seed
 from ..families import ClassConditionalDistribution, get_family
 from .batches import LoaderBatches, TensorBatches
-from .device import IntervalMeans, PartTimer, distribution_on
+from ..training import IntervalMeans, PartTimer
 from .synthesis import resolve_match, synthesize_inputs
 
 METHOD_PARTS = ("kd", "synth", "weighted")
@@ -207,7 +207,7 @@ class Distiller:
         if distribution.weight.shape != self.teacher.fc.weight.shape:
             raise ValueError(f"distribution must describe the teacher's final layer {tuple(teacher.fc.weight.shape)}, "
                              f"got weight {tuple(distribution.weight.shape)}")
-        self.distribution = distribution_on(distribution, self.device)
+        self.distribution = distribution.detach().to(self.device)
         self.match = resolve_match(config.match, self.distribution)
 
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr)

@@ -16,6 +16,7 @@ evaluate them.
 from __future__ import annotations
 
 import abc
+import copy
 from typing import ClassVar
 
 import torch
@@ -91,15 +92,43 @@ class ClassConditionalDistribution(abc.ABC):
         """The family of ``linear`` with its base-measure parameters fitted to real activations
         ``[N, D]`` of the layer's input (``labels: [N]`` default to the classifier's predictions)."""
 
-    @abc.abstractmethod
     def detach(self) -> "ClassConditionalDistribution":
-        """The same distribution with every parameter detached from autograd."""
+        """The same distribution with every tensor parameter detached from autograd (not checked
+        again: no synchronization with a GPU)."""
+        return self._with_tensors(lambda t: t.detach())
 
-    @abc.abstractmethod
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ClassConditionalDistribution":
+        """The same distribution with every tensor parameter on ``device`` and/or in ``dtype``
+        (float32 or float64), as ``Tensor.to`` (autograd follows). The values were checked when
+        it was built; nothing is checked again, so nothing synchronizes."""
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        return self._with_tensors(lambda t: t.to(device=device, dtype=dtype))
+
     def with_weight(self, weight: Tensor, bias: Tensor | None = None) -> "ClassConditionalDistribution":
-        """A distribution of this family with other weight rows (``[K, D]``: one class per row) and
-        the same base-measure parameters, e.g. per-sample posteriors of a VAE. The new rows are not
-        value-checked (no synchronization with a GPU: for training loops)."""
+        """A distribution of this family with other weight rows (``weight: [K, D]``, one class per
+        row; ``bias: [K]`` or zeros) and the same base-measure parameters, e.g. per-sample posteriors
+        of a VAE. The rows are not value-checked (no synchronization with a GPU: for training loops).
+
+        Raises:
+            ValueError: a weight of another width, dtype or device, or a bias that does not match it.
+        """
+        if weight.dim() != 2 or weight.shape[1] != self.dim or weight.dtype != self.weight.dtype \
+                or weight.device != self.weight.device:
+            raise ValueError(f"weight must have shape [K, {self.dim}], dtype {self.weight.dtype} and device "
+                             f"{self.weight.device}, got {tuple(weight.shape)}, {weight.dtype}, {weight.device}")
+        new = copy.copy(self)
+        new.weight, new.bias = checked_layer(weight, bias, min_dim=self.dim, validate_args=False)
+        return new
+
+    def _with_tensors(self, change) -> "ClassConditionalDistribution":
+        """A shallow copy with change(t) in place of every tensor attribute (a family keeps its
+        parameters as tensor attributes: weight, bias and its base-measure parameters)."""
+        new = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(new, name, change(value))
+        return new
 
     # -- the support ---------------------------------------------------------------------------
 

@@ -123,13 +123,6 @@ class RectifiedDistribution(ClassConditionalDistribution):
         scale, zero_mass = _fit_coordinates(weight.double(), a, labels, max_iter)
         return cls(linear.weight, linear.bias, scale.to(weight.dtype), zero_mass.to(weight.dtype))
 
-    def detach(self) -> "RectifiedDistribution":
-        return RectifiedDistribution(self.weight.detach(), self.bias.detach(), self.scale.detach(),
-                                     self.zero_mass.detach())
-
-    def with_weight(self, weight: Tensor, bias: Tensor | None = None) -> "RectifiedDistribution":
-        return RectifiedDistribution(weight, bias, self.scale, self.zero_mass, validate_args=False)
-
     # -- parameters ----------------------------------------------------------------------------
 
     @property
@@ -219,9 +212,9 @@ class RectifiedDistribution(ClassConditionalDistribution):
         """:meth:`detach` with ``P(a_j = 0)`` floored at about 1e-6 (``m_j >= 1e-6 s_j``): a unit never
         zero in the fit data has zero mass 0, and a generated activation's zero there would have
         log-density -inf."""
-        scale = self.scale.detach()
-        return RectifiedDistribution(self.weight.detach(), self.bias.detach(), scale,
-                                     torch.maximum(self.zero_mass.detach(), 1e-6 * scale))
+        prior = self.detach()
+        prior.zero_mass = torch.maximum(prior.zero_mass, 1e-6 * prior.scale)
+        return prior
 
     def __repr__(self) -> str:
         return (f"RectifiedDistribution(num_classes={self.num_classes}, dim={self.dim}, "

@@ -89,12 +89,6 @@ class SphereDistribution(ClassConditionalDistribution):
             raise ValueError(f"radius must be 'mle', 'norm' or a positive number, got {radius!r}")
         return cls(linear.weight, linear.bias, radius)
 
-    def detach(self) -> "SphereDistribution":
-        return SphereDistribution(self.weight.detach(), self.bias.detach(), self.radius)
-
-    def with_weight(self, weight: Tensor, bias: Tensor | None = None) -> "SphereDistribution":
-        return SphereDistribution(weight, bias, self.radius, validate_args=False)
-
     # -- parameters ----------------------------------------------------------------------------
 
     @property

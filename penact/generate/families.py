@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distill.device import distribution_on
 from ..families import ClassConditionalDistribution, family_names
 
 FAMILIES = family_names()
@@ -48,7 +47,7 @@ class LatentSpace:
         """This space with its distribution on ``device`` (moved without the constructor's value
         checks, which synchronize with a GPU)."""
         moved = copy.copy(self)
-        moved.distribution = distribution_on(self.distribution, torch.device(device))
+        moved.distribution = self.distribution.to(device)
         return moved
 
     @property

@@ -13,7 +13,7 @@ A model is named ``<kind>-<mode>``: kind ``vae`` or ``gan``; mode
   an activation drawn for a class drawn from the teacher's posterior of it.
 
 Training runs on any device: the networks, the images, the teacher's latent space and every draw
-of a step live there, and a step never makes the host wait for the GPU (``penact.distill.device``):
+of a step live there, and a step never makes the host wait for the GPU (``penact.training``):
 torch's random ops draw from a generator on the device, the families take their seeds from a CPU
 generator (a seed is a host integer), and the losses are read once per ``log_every`` steps.
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..distill.device import IntervalMeans, synchronize
+from ..training import IntervalMeans, synchronize
 from .families import LatentSpace, frozen
 from .networks import Decoder, FeatureEncoder, GaussianEncoder, ProjectionDiscriminator
 

@@ -1,4 +1,4 @@
-"""Keeping a training loop on its device (the distiller's and the generators' loops).
+"""What the trainers share (the distiller's and the generators' loops): keeping a loop on its device.
 
 A CUDA loop stays fast while the host runs ahead of the GPU: it queues kernels and never waits for
 one. The host waits (synchronizes) whenever it reads a value the GPU computes (``float(t)``,
@@ -9,14 +9,14 @@ queued on the stream). What is here lets a loop avoid both:
 - :func:`host_to_device`: a CPU tensor on the device through pinned memory, without waiting;
 - :class:`IntervalMeans`: per-step losses summed on the device and read once per logging interval;
 - :class:`PartTimer`: seconds spent in named parts of a loop, timed on the GPU by CUDA events and
-  read once per interval (on the CPU: the wall clock);
-- :func:`distribution_on`: a fitted family moved to the device without the value checks its
-  constructor runs (they synchronize).
+  read once per interval (on the CPU: the wall clock).
+
+A fitted family goes to a loop's device as ``distribution.detach().to(device)`` (no value check:
+they synchronize).
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,7 +24,6 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from ..families import ClassConditionalDistribution
 
 
 def synchronize(device: torch.device) -> None:
@@ -41,18 +40,6 @@ def host_to_device(tensor: Tensor, device: torch.device) -> Tensor:
     if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
     return (tensor if tensor.is_pinned() else tensor.pin_memory()).to(device, non_blocking=True)
-
-
-def distribution_on(distribution: ClassConditionalDistribution, device: torch.device) -> ClassConditionalDistribution:
-    """``distribution`` (of any family, subclasses included) with every tensor parameter detached and
-    on ``device``. A family keeps its parameters as tensor attributes (``weight``, ``bias`` and its
-    base-measure parameters), so a shallow copy with each moved is the same distribution there; no
-    constructor runs, so no value check synchronizes (the values were checked when it was built)."""
-    moved = copy.copy(distribution)
-    for name, value in vars(distribution).items():
-        if isinstance(value, Tensor):
-            setattr(moved, name, value.detach().to(device))
-    return moved
 
 
 class IntervalMeans:
