@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .training import host_to_device
+
 TEACHER_WIDTH = 128
 STUDENT_WIDTH = 64
 
@@ -29,7 +31,7 @@ class Classifier(nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """Penultimate activations ``[N, D]`` (non-negative: the backbone ends in a ReLU) of
-        ``images: [N, 1, 8, 8]``."""
+        ``images: [N, *image_shape]``."""
         return self.backbone(images)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -116,10 +118,12 @@ def lenet5_half(num_classes: int = 10) -> Classifier:
 def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, *, batch_size: int = 64,
                      lr: float = 2e-3, weight_decay: float = 1e-4, seed: int = 0, progress: bool = True,
                      desc: str = "train") -> list[float]:
-    """Trains ``model`` with cross-entropy and Adam on ``images: [N, ...]``, ``labels: [N]``.
+    """Trains ``model`` with cross-entropy and Adam on ``images: [N, ...]``, ``labels: [N]`` (on the
+    model's device; the host reads the loss once per epoch, never inside a step).
 
-    The shuffling comes from a generator seeded with ``seed`` (initialize the model under
-    ``torch.manual_seed`` for a fully reproducible run). Returns the mean loss of each epoch.
+    The shuffling comes from a CPU generator seeded with ``seed`` (initialize the model under
+    ``torch.manual_seed`` for a fully reproducible run, the same on every device). Returns the mean
+    loss of each epoch.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {epochs}")
@@ -129,16 +133,16 @@ def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, epochs: i
     epoch_losses = []
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     for _ in bar:
-        order = torch.randperm(len(labels), generator=shuffle)
-        total = 0.0
+        order = host_to_device(torch.randperm(len(labels), generator=shuffle), images.device)
+        total = torch.zeros((), device=images.device)
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             loss = nn.functional.cross_entropy(model(images[index]), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(index)
-        epoch_losses.append(total / len(order))
+            total += loss.detach() * len(index)
+        epoch_losses.append(float(total) / len(order))
         bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
     model.eval()
     return epoch_losses
