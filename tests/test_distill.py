@@ -21,8 +21,10 @@ from penact import PenultimateDistribution, cli
 from penact.data import MnistSplit, load_digits_28, load_digits_split
 from penact.distill import (TRANSFER_SETS, DistillConfig, Distiller, corrupt, kd_loss, parse_method,
                             random_translate, synthesize_inputs, transfer_images, transfer_set)
-from penact.distill.grid import get_benchmark, run_grid, summarize, write_report
+from penact.distill import cli as distill_cli
+from penact.distill.grid import get_benchmark, make_pool, run_grid, split_dataset, summarize, write_report
 from penact.distill.trainer import RANK_OFFSET_STRIDE
+from penact.experiments import DATASETS, fit_distribution, get_dataset, prepare_teacher
 from penact.models import student_cnn, teacher_cnn, train_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add noise and time
@@ -502,6 +504,75 @@ def test_grid_writes_table_json_and_png(tmp_path, device):
     assert "| none | " in markdown and "n/a" in markdown and "penact distill ..." in markdown
     assert f"On {device}. Seconds per step" in markdown and "| seconds per step |" in markdown
     assert json.loads(paths[1].read_text())["table"]["partial/kd"]["mean"] >= 0
+
+
+def test_mnist_grid_shares_one_pool_per_seed(tmp_path, monkeypatch):
+    """The MNIST benchmark on a tiny MNIST-like split: one pool per seed serves every synth run
+    (the pool's synthesis outside the runs), synth+weighted without transfer data is synth's run
+    reported twice, and the report sets the published numbers and the MNIST targets beside ours."""
+    monkeypatch.setitem(DATASETS, "mnist", replace(DATASETS["mnist"], load=_mnist_like_split))
+    benchmark = get_benchmark("mnist")
+    config = replace(benchmark.config, steps=3, batch_size=32, pool_size=20, synth_steps=2, weight_reference_size=64)
+    methods, transfers, checkpoint_dir = ["kd", "synth", "synth+weighted"], ["shifted", "noise", "none"], tmp_path / "ck"
+    results, pools = run_grid(methods, transfers, [0], config, teacher_epochs=1, checkpoint_dir=checkpoint_dir,
+                              progress=False, dataset="mnist")
+    assert len(results) == 3 + 3 + 2 and list(pools) == [0] and pools[0]["timings"]["synthesis"] > 0
+    assert len(list((checkpoint_dir / "cells").iterdir())) == 7  # none/synth+weighted is not run again
+    without_data = {r.method: r for r in results if r.transfer == "none"}
+    assert without_data["synth+weighted"].same_run_as == "synth"
+    assert without_data["synth+weighted"].student_accuracy == without_data["synth"].student_accuracy
+    assert all(r.timings["synthesis"] == 0 for r in results if "synth" in r.method)
+    shifted = {r.method: r for r in results if r.transfer == "shifted"}
+    assert shifted["kd"].teacher_transfer_accuracy is not None
+    assert all(r.teacher_transfer_accuracy is None for r in results if r.transfer == "noise")
+
+    teacher = prepare_teacher(0, 1, checkpoint_dir, dataset="mnist")
+    data = _mnist_like_split()
+    distribution = fit_distribution(benchmark.family, teacher, data.train_images, data.train_labels)
+    pool, record = make_pool(0, config, teacher, distribution, "mnist", checkpoint_dir)  # the saved one
+    assert len(pool) == 20 and record == pools[0]
+    with pytest.raises(ValueError, match="was made with"):
+        make_pool(0, replace(config, synth_steps=3), teacher, distribution, "mnist", checkpoint_dir)
+
+    summary = summarize(results, methods, transfers, benchmark, pools)
+    targets = [verdict["target"] for verdict in summary["targets"]]
+    assert "none: best penact method >= 98.2% (DAFL's 98.20%)" in targets
+    assert "shifted: best penact method >= kd + 2 points" in targets
+    published = {row["what"]: row for row in summary["published"]}
+    assert published["KD on random noise"]["ours"] == "noise/kd" and published["KD on random noise"]["mean"] >= 0
+    assert published["DAFL, data-free (Chen et al. 2019)"]["ours"] in ("none/synth", "none/synth+weighted")
+    assert published["meta-data KD (Lopes et al. 2017)"]["mean"] is None
+    paths = write_report(summary, methods, transfers, tmp_path, "mnist-test", "penact distill --dataset mnist ...",
+                         {"split": "test", "device": "cpu"}, benchmark, quick=True)
+    markdown = paths[0].read_text()
+    assert "# Distillation on mnist" in markdown and "**QUICK RUN**" in markdown and "| 88.01 |" in markdown
+    assert "The shared pool" in markdown and json.loads(paths[1].read_text())["quick"] is True
+
+
+def test_validation_split_holds_out_the_end_of_the_training_split():
+    full, validation = load_digits_split(), get_dataset("digits-validation").load()
+    assert torch.equal(validation.train_images, full.train_images[:-270])
+    assert torch.equal(validation.test_images, full.train_images[-270:])
+    assert torch.equal(validation.test_labels, full.train_labels[-270:])
+    assert get_dataset("mnist-validation").teacher_epochs == get_dataset("mnist").teacher_epochs
+    with pytest.raises(ValueError, match="split must be one of"):
+        split_dataset("mnist", "train")
+
+
+def test_cli_resolves_the_benchmark_quick_and_given_settings():
+    parse = cli.build_parser().parse_args
+    config, grid = distill_cli.resolve(parse(["distill"]))
+    assert config == DistillConfig() and grid["transfers"] == ["in-domain", "corrupted", "partial", "none"]
+    assert grid["teacher_epochs"] == 20 and grid["seeds"] == 5 and grid["family"] == "sphere"
+    config, grid = distill_cli.resolve(parse(["distill", "--dataset", "mnist"]))
+    assert config == get_benchmark("mnist").config and "shifted" in grid["transfers"] and grid["teacher_epochs"] == 9
+    config, grid = distill_cli.resolve(parse(["distill", "--dataset", "mnist", "--quick", "--steps", "7",
+                                              "--checkpoint-dir", "ck"]))
+    quick = get_benchmark("mnist").quick
+    assert config.steps == 7 and config.pool_size == quick["pool_size"] and config.checkpoint_every == 250
+    assert grid["seeds"] == 1 and grid["transfers"] == list(quick["transfers"])
+    assert distill_cli.report_name("mnist", "validation", True).endswith("-validation-quick")
+    assert distill_cli.report_name("digits", "test", False).count("-") == 3  # distill-YYYY-MM-DD, as before
 
 
 def test_cli_parses_distill():
