@@ -1,4 +1,4 @@
-// The rectified family of penultimate activations (SPEC section 2b), one coordinate at a time.
+// The rectified family of penultimate activations (docs/model.md, section 3), one coordinate at a time.
 //
 // With a scale s > 0, a zero mass m >= 0 and a class weight w, a coordinate has the base measure
 // nu(da) = m delta_0(da) + 1[a > 0] exp(-a^2 / (2 s^2)) da and the density exp(w a) / z w.r.t. nu:
@@ -13,7 +13,7 @@
 // in double: V's resolution would exceed 2^-24 / 2^-43) or alpha is far out (alpha > kInverseLimit),
 // the value comes from the coordinate's own stream instead: a 53-bit inverse, or Robert's sampler.
 //
-// Stream layout of rectified_sample (SPEC section 4: row i of a call draws only from the Philox
+// Stream layout of rectified_sample (docs/randomness.md: row i of a call draws only from the Philox
 // counters whose row half is offset + i, keyed by the seed). Coordinates come in spans that read
 // kSpanBlocks = 32 consecutive blocks (SIMD lanes on the CPU):
 //   float   span of 128: coordinate j reads word floor((j mod 128) / 32) of block
