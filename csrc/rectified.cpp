@@ -1,9 +1,11 @@
 // Schemas, argument checks and glue of the rectified family's operators (kernel interface:
-// rectified.h; kernels: cpu/rectified_cpu.cpp, cuda/rectified_cuda.cu). Backward passes, fake
-// kernels and the composite operators (rsample, mean) are registered from Python
+// rectified.h; kernels: cpu/rectified_cpu.cpp, cuda/rectified_cuda.cu), and the composites rsample
+// and mean. Backward passes (the float64 composites rectified_rsample_backward and
+// rectified_mean_backward among them) and fake kernels are registered from Python
 // (penact/ops/rectified.py).
 #include "rectified.h"
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "glue.h"
@@ -227,6 +229,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rectified_log_prob_ba
   return {grad_a, grad_w, grad_s, grad_m};
 }
 
+// The draw is exactly rectified_sample's (same streams, same values); only autograd differs.
+at::Tensor rectified_rsample(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& zero_mass,
+                             const at::Tensor& labels, int64_t seed, int64_t offset) {
+  static const auto sample = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("penact::rectified_sample", "")
+                                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&, int64_t, int64_t)>();
+  return sample.call(weight, scale, zero_mass, labels, seed, offset);
+}
+
+// E[a | y] = d log z / dw (coordinate_stats' third table); differentiable through its own backward.
+at::Tensor rectified_mean(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& zero_mass) {
+  static const auto stats = c10::Dispatcher::singleton()
+                                .findSchemaOrThrow("penact::rectified_coordinate_stats", "")
+                                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return stats.call(weight, scale, zero_mass).select(0, 2).clone();
+}
+
 template <Device D>
 void register_kernels(torch::Library& m) {
   m.impl("rectified_log_partition", &rectified_log_partition<D>);
@@ -254,6 +274,18 @@ TORCH_LIBRARY_FRAGMENT(penact, m) {
   m.def(
       "rectified_log_prob_all(Tensor a, Tensor weight, Tensor scale, Tensor zero_mass, Tensor log_partition) "
       "-> Tensor");
+  m.def("rectified_rsample(Tensor weight, Tensor scale, Tensor zero_mass, Tensor labels, int seed, int offset) -> Tensor");
+  m.def(
+      "rectified_rsample_backward(Tensor grad, Tensor sample, Tensor weight, Tensor scale, Tensor zero_mass, "
+      "Tensor labels) -> (Tensor, Tensor, Tensor)");
+  m.def("rectified_mean(Tensor weight, Tensor scale, Tensor zero_mass) -> Tensor");
+  m.def(
+      "rectified_mean_backward(Tensor grad, Tensor weight, Tensor scale, Tensor zero_mass) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(penact, CompositeExplicitAutograd, m) {
+  m.impl("rectified_rsample", &rectified_rsample);
+  m.impl("rectified_mean", &rectified_mean);
 }
 
 TORCH_LIBRARY_IMPL(penact, CPU, m) { register_kernels<Device::kCPU>(m); }

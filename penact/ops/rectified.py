@@ -244,19 +244,13 @@ torch.library.register_autograd("penact::rectified_log_prob_all", _log_prob_all_
 
 
 # ---------------------------------------------------------------------------------------------
-# Differentiable sampling and the differentiable mean: operators defined here, in Python (their
-# forward passes are the kernels above; their backward passes are composites of torch ops, run in
-# float64). Each backward is an operator of its own whose autograd refuses, so that a second
+# Differentiable sampling and the differentiable mean (composites in csrc/rectified.cpp over the
+# kernels above). Their backward passes are operators of their own, implemented here as float64
+# composites of torch operators for every device; their autograd refuses, so that a second
 # derivative raises instead of silently treating the float64 moments as constants.
 
 
-@torch.library.custom_op("penact::rectified_rsample", mutates_args=())
-def _rectified_rsample(weight: Tensor, scale: Tensor, zero_mass: Tensor, labels: Tensor, seed: int,
-                       offset: int) -> Tensor:
-    return library.rectified_sample.default(weight, scale, zero_mass, labels, seed, offset)
-
-
-@_rectified_rsample.register_fake
+@torch.library.register_fake("penact::rectified_rsample")
 def _(weight, scale, zero_mass, labels, seed, offset):
     return weight.new_empty(labels.shape[0], weight.shape[1])
 
@@ -271,7 +265,7 @@ def _log_mills_ratio(x: Tensor) -> Tensor:
     return torch.where(x >= 0, log_right, log_left)
 
 
-@torch.library.custom_op("penact::rectified_rsample_backward", mutates_args=())
+@torch.library.impl("penact::rectified_rsample_backward", "CompositeExplicitAutograd")
 def _rectified_rsample_backward(grad: Tensor, sample: Tensor, weight: Tensor, scale: Tensor, zero_mass: Tensor,
                                 labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # The formulas of the module's docstring, per row, in float64. q = R(x) / z <= 1 / s never
@@ -292,22 +286,17 @@ def _rectified_rsample_backward(grad: Tensor, sample: Tensor, weight: Tensor, sc
     return grad_weight.to(weight.dtype), grad_scale.to(scale.dtype), grad_zero_mass.to(zero_mass.dtype)
 
 
-@_rectified_rsample_backward.register_fake
+@torch.library.register_fake("penact::rectified_rsample_backward")
 def _(grad, sample, weight, scale, zero_mass, labels):
     return torch.empty_like(weight), torch.empty_like(scale), torch.empty_like(zero_mass)
 
 
-@torch.library.custom_op("penact::rectified_mean", mutates_args=())
-def _rectified_mean(weight: Tensor, scale: Tensor, zero_mass: Tensor) -> Tensor:
-    return library.rectified_coordinate_stats.default(weight, scale, zero_mass)[2].clone()
-
-
-@_rectified_mean.register_fake
+@torch.library.register_fake("penact::rectified_mean")
 def _(weight, scale, zero_mass):
     return torch.empty_like(weight)
 
 
-@torch.library.custom_op("penact::rectified_mean_backward", mutates_args=())
+@torch.library.impl("penact::rectified_mean_backward", "CompositeExplicitAutograd")
 def _rectified_mean_backward(grad: Tensor, weight: Tensor, scale: Tensor,
                              zero_mass: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # E[a] = d log z / dw, so its derivatives are second derivatives of log z: Var[a] in w,
@@ -322,7 +311,7 @@ def _rectified_mean_backward(grad: Tensor, weight: Tensor, scale: Tensor,
     return grad_weight.to(weight.dtype), grad_scale.to(scale.dtype), grad_zero_mass.to(zero_mass.dtype)
 
 
-@_rectified_mean_backward.register_fake
+@torch.library.register_fake("penact::rectified_mean_backward")
 def _(grad, weight, scale, zero_mass):
     return torch.empty_like(weight), torch.empty_like(scale), torch.empty_like(zero_mass)
 
