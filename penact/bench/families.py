@@ -146,7 +146,7 @@ class SphereBench(FamilyBench):
                         targets={"sample": 1.0, "log_prob": 1.5, "log_prob_all": 1.2}, memory_target=1.1)
     statistic = "mean mu . u"
     expectation = "A_D(kappa)"
-    support_error = "max | ||u|| - 1 |"
+    support_error = "max abs(norm(u) - 1)"
     radius = 1.0
 
     @staticmethod

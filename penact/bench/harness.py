@@ -34,8 +34,8 @@ from penact.experiments import cpu_model, git
 class Timing:
     """How the peers of one case are timed: ``warmup`` untimed calls each, then interleaved rounds
     until each peer has ``clamp(target_s / t, min_repeats, max_repeats)`` timed calls (``t``: its
-    first timed call). A peer predicted to take longer than ``max_call_s`` per call is not called;
-    one whose warm-up call took longer is not called again."""
+    first timed call). A budgeted peer predicted to take longer than ``max_call_s`` per call is
+    not called; one whose warm-up call took longer is not called again."""
     warmup: int = 1
     min_repeats: int = 3
     max_repeats: int = 15
@@ -79,7 +79,8 @@ class Peer:
     ``skip`` says why it is not measured, and ``counterpart=False`` that the peer has nothing that
     computes it at all (shown as ``n/a``); ``clock`` is ``"wall"`` (``time.perf_counter``),
     ``"cuda"`` (CUDA events) or ``"thread"`` (the calling thread's CPU time);
-    ``estimate(budget)`` predicts the seconds of one call cheaply, for peers too slow to try."""
+    ``estimate(budget)`` predicts the seconds of one call cheaply, for peers too slow to try;
+    ``budgeted=False``: measured however long a call takes (what the others are compared with)."""
     name: str
     fn: Callable[[], Any] | None = None
     skip: str | None = None
@@ -87,6 +88,7 @@ class Peer:
     clock: str = "wall"
     note: str = ""
     estimate: Callable[[float], float] | None = None
+    budgeted: bool = True
 
 
 def clock_for(device: torch.device) -> str:
@@ -132,8 +134,8 @@ def measure(peers: list[Peer], timing: Timing, predicted: dict[str, float] | Non
         if peer.skip:
             continue
         try:
-            guess = predicted.get(peer.name)
-            if guess is None and peer.estimate is not None:
+            guess = predicted.get(peer.name) if peer.budgeted else None
+            if guess is None and peer.budgeted and peer.estimate is not None:
                 guess = peer.estimate(timing.max_call_s)
             if guess is not None and guess > timing.max_call_s:
                 record["reason"] = f"predicted {guess:.1f} s per call > --max-call-s {timing.max_call_s:g}"
@@ -143,7 +145,7 @@ def measure(peers: list[Peer], timing: Timing, predicted: dict[str, float] | Non
         except Exception as error:  # a peer that fails is reported, not fatal
             record.update(status="error", reason=_first_line(error))
             continue
-        if record["warmup_s"] is not None and record["warmup_s"] > timing.max_call_s:
+        if peer.budgeted and record["warmup_s"] is not None and record["warmup_s"] > timing.max_call_s:
             record["reason"] = f"warm-up call took {record['warmup_s']:.1f} s > --max-call-s {timing.max_call_s:g}"
             continue
         record["status"] = "ok"
@@ -164,6 +166,15 @@ def measure(peers: list[Peer], timing: Timing, predicted: dict[str, float] | Non
         times = results[peer.name]["times_s"]
         results[peer.name].update(time_s=statistics.median(times), min_s=min(times))
     return results
+
+
+def timing_summary(result: dict) -> dict:
+    """One peer's result of :func:`measure` as ``{median_s, min_s, max_s, repeat}``, or ``{error}``
+    (the reason it was not measured)."""
+    if result["status"] != "ok":
+        return dict(error=f"{result['status']}: {result['reason']}")
+    times = result["times_s"]
+    return dict(median_s=result["time_s"], min_s=result["min_s"], max_s=max(times), repeat=len(times))
 
 
 def predict(history: list[tuple[int, float]], size: int) -> float | None:
@@ -219,8 +230,7 @@ def measure_bandwidth(device: torch.device, repeats: int = 7) -> dict:
     return dict(bytes_per_s=2 * nbytes / seconds["copy"], buffer_bytes=nbytes, time_s=seconds["copy"],
                 copy_write_bytes_per_s=nbytes / seconds["copy"], zero_write_bytes_per_s=nbytes / seconds["zero"],
                 sum_read_bytes_per_s=nbytes / seconds["sum"],
-                passes={name: dict(median_s=r["time_s"], min_s=r["min_s"], max_s=max(r["times_s"]),
-                                   repeat=len(r["times_s"])) for name, r in results.items()},
+                **{name: timing_summary(result) for name, result in results.items()},
                 method=f"medians of {repeats} interleaved rounds of copy_, zero_ and sum over {nbytes // 2**20} MiB "
                        "float32; bytes_per_s: copy's bytes read + written")
 

@@ -111,7 +111,8 @@ def versions(settings: Settings) -> dict[str, str]:
 
 
 def peers_for(family: FamilyBench, op: str, problem: Problem | ElementProblem, settings: Settings) -> list[Peer]:
-    """The peers of ``family``'s ``op`` on ``problem``, in ``settings.peers`` order, then the limit."""
+    """The peers of ``family``'s ``op`` on ``problem``, in ``settings.peers`` order, then the limit
+    (penact and the limit are never skipped for time)."""
     clock = clock_for(settings.device)
     peers = []
     for name in (name for name in PEERS if name in settings.peers):
@@ -127,7 +128,13 @@ def peers_for(family: FamilyBench, op: str, problem: Problem | ElementProblem, s
             peers.append(builder(family, op, problem, clock))
     if op in LIMIT_NAMES:
         peers.append(_limit(op, problem, clock))
+    for peer in peers:
+        peer.budgeted = peer.name not in _COMPARED_WITH
     return peers
+
+
+# What the other peers are compared with: measured however long a call takes.
+_COMPARED_WITH = ("penact", LIMIT)
 
 
 def _absent(name: str, what: str) -> Peer:
