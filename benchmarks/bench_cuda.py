@@ -65,6 +65,14 @@ def _graph(peer: Peer) -> Peer:
         return Peer("graph", skip=str(error).splitlines()[0])
 
 
+def _fractions(timing: dict, moved: int, **rates: float) -> dict[str, float]:
+    """``moved`` bytes per second of ``timing`` as a fraction of each named bandwidth (bytes per
+    second), or nothing when the call was not measured."""
+    if "median_s" not in timing:
+        return {}
+    return {name: moved / timing["median_s"] / rate for name, rate in rates.items()}
+
+
 def bench_dim(n: int, dim: int, num_classes: int, bandwidth: dict, settings, composite: bool) -> list[dict]:
     rows = []
     family = bench_family("sphere")
@@ -104,12 +112,9 @@ def bench_dim(n: int, dim: int, num_classes: int, bandwidth: dict, settings, com
     bfloat16_times = {name: timing_summary(result) for name, result in measure(bfloat16, settings.timing).items()}
     for dtype, timed in ((torch.float32, times), (torch.bfloat16, bfloat16_times)):
         written = n * dim * dtype.itemsize
-        extra = {}
-        if "median_s" in timed["penact"]:
-            rate = written / timed["penact"]["median_s"]
-            extra = dict(write_fraction_copy=rate / bandwidth["copy_write_bytes_per_s"],
-                         write_fraction_zero=rate / bandwidth["zero_write_bytes_per_s"])
-        row("sample", dtype, timed["penact"], written, "torch.randn(N, D)", timed[LIMIT], timed["graph"], **extra)
+        row("sample", dtype, timed["penact"], written, "torch.randn(N, D)", timed[LIMIT], timed["graph"],
+            **_fractions(timed["penact"], written, write_fraction_copy=bandwidth["copy_write_bytes_per_s"],
+                         write_fraction_zero=bandwidth["zero_write_bytes_per_s"]))
     release_memory(DEVICE)
 
     if composite:
@@ -123,26 +128,20 @@ def bench_dim(n: int, dim: int, num_classes: int, bandwidth: dict, settings, com
     x = problem.x
     peers, timed = measured("log_prob", graph=True)
     read = n * dim * x.element_size() + n * (labels.element_size() + 4)
-    extra = {}
-    if "median_s" in timed["penact"]:
-        rate = read / timed["penact"]["median_s"]
-        extra = dict(read_fraction=rate / bandwidth["sum_read_bytes_per_s"],
-                     read_fraction_copy=rate / bandwidth["copy_write_bytes_per_s"])
-    row("log_prob", torch.float32, timed["penact"], read, "x.norm(dim=1)", timed[LIMIT], timed["graph"], **extra)
+    row("log_prob", torch.float32, timed["penact"], read, "x.norm(dim=1)", timed[LIMIT], timed["graph"],
+        **_fractions(timed["penact"], read, read_fraction=bandwidth["sum_read_bytes_per_s"],
+                     read_fraction_copy=bandwidth["copy_write_bytes_per_s"]))
     row("log_prob_vs_composite", torch.float32, timed["penact"], None, "penact.reference.vmf_log_prob",
         timing_summary(measure([peers["composite"]], settings.timing)["composite"]))
 
     _, timed = measured("log_prob_backward", graph=False)
     moved = 2 * n * dim * x.element_size()  # read x, write grad_x (weight rows stay in L2)
-    extra = ({} if "median_s" not in timed["penact"] else
-             dict(moved_fraction_copy=moved / timed["penact"]["median_s"] / (2 * bandwidth["copy_write_bytes_per_s"])))
-    row("log_prob_backward", torch.float32, timed["penact"], moved, "x.clone()", timed[LIMIT], **extra)
+    row("log_prob_backward", torch.float32, timed["penact"], moved, "x.clone()", timed[LIMIT],
+        **_fractions(timed["penact"], moved, moved_fraction_copy=2 * bandwidth["copy_write_bytes_per_s"]))
     release_memory(DEVICE)
 
     _, timed = measured("log_prob_all", graph=False)
     row("log_prob_all", torch.float32, timed["penact"], None, "torch.addmm(lognorm, x, W^T)", timed[LIMIT])
-    del problem, x
-    release_memory(DEVICE)
     return rows
 
 
@@ -234,6 +233,7 @@ def main(argv=None) -> int:
     rows = []
     for dim in (int(d) for d in args.dims.split(",")):
         rows += bench_dim(args.n, dim, args.classes, bandwidth, settings, not args.no_composite)
+        release_memory(DEVICE)  # the dimension's inputs
     checks = goal_checks(rows)
     print("\ngoals (issue 3):")
     for check in checks:

@@ -60,7 +60,8 @@ def main() -> None:
     print(f"rectified family, CPU, N = {args.n}, D = {args.dim}, C = {args.classes}, float32, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; {family.headline_regime(headline)}; "
           f"{100 * far:.1f}% of (class, coordinate) pairs past s w = -2")
-    print(f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after; {args.rounds} interleaved rounds\n")
+    print(f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after; "
+          f"{args.rounds} interleaved rounds\n")
     print("\n".join(headline_table(result)))
 
 

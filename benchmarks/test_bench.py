@@ -32,7 +32,8 @@ from penact.bench.runs import run_headline
 
 HERE = Path(__file__).resolve().parent
 # the scripts import the penact of this checkout, as the tests do
-SCRIPT_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
+SCRIPT_ENV = dict(os.environ,
+                  PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
 SIZES = {key: int(float(os.environ[f"PENACT_BENCH_{key}"])) for key in ("N", "D", "C")
          if f"PENACT_BENCH_{key}" in os.environ}
 MAX_CALL_S = float(os.environ.get("PENACT_BENCH_MAX_CALL_S", 30.0))
@@ -89,14 +90,18 @@ def test_operation(benchmark, inputs, family_name, op, peer_name):
                       f"{inputs.settings.device})"
     benchmark.extra_info.update(family=family_name, op=op, peer=peer_name, note=peer.note, N=headline.size,
                                 D=headline.dim, C=headline.classes)
-    fn = peer.fn
-    if peer.clock == "cuda":
-        def fn():
-            out = peer.fn()
-            torch.cuda.synchronize()
-            return out
     rounds = max(3, min(20, math.ceil(1.0 / max(first, 1e-6))))
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(_synchronized(peer.fn) if peer.clock == "cuda" else peer.fn, rounds=rounds, iterations=1,
+                       warmup_rounds=0)
+
+
+def _synchronized(fn):
+    """``fn`` that waits for the GPU (pytest-benchmark times the host)."""
+    def call():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return call
 
 
 def test_bench_writes_results(tmp_path):

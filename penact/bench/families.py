@@ -185,7 +185,8 @@ class SphereBench(FamilyBench):
         return reference.vmf_sample(dist.mean_direction, dist.kappa, labels, dist.radius)
 
     def mp_log_partition(self, mp, dist):
-        return torch.tensor([-float(mp.vmf_log_normalizer(dist.dim, float(k))) for k in dist.kappa], dtype=torch.float64)
+        return torch.tensor([-float(mp.vmf_log_normalizer(dist.dim, float(k))) for k in dist.kappa],
+                            dtype=torch.float64)
 
     def sample_statistic(self, dist, x):
         return (x / dist.radius) @ dist.mean_direction[0].double().cpu().numpy()

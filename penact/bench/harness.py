@@ -216,23 +216,27 @@ def measure_bandwidth(device: torch.device, repeats: int = 7) -> dict:
     ``*_write_bytes_per_s`` and ``sum_read_bytes_per_s`` are the rates of the bytes each pass
     writes or reads."""
     nbytes = (2**30 if device.type == "cuda" else 256 * 2**20)
-    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    total = torch.empty((), dtype=torch.float32, device=device)
-    clock = clock_for(device)
-    passes = [Peer("copy", lambda: dst.copy_(src), clock=clock), Peer("zero", dst.zero_, clock=clock),
-              Peer("sum", lambda: torch.sum(src, dim=0, out=total), clock=clock)]
-    results = measure(passes, Timing(warmup=1, min_repeats=repeats, max_repeats=repeats, target_s=0.0,
-                                     max_call_s=math.inf))
+    results = _passes(device, nbytes, repeats)
+    release_memory(device)  # the buffers
     seconds = {name: result["time_s"] for name, result in results.items()}
-    del src, dst
-    release_memory(device)
     return dict(bytes_per_s=2 * nbytes / seconds["copy"], buffer_bytes=nbytes, time_s=seconds["copy"],
                 copy_write_bytes_per_s=nbytes / seconds["copy"], zero_write_bytes_per_s=nbytes / seconds["zero"],
                 sum_read_bytes_per_s=nbytes / seconds["sum"],
                 **{name: timing_summary(result) for name, result in results.items()},
                 method=f"medians of {repeats} interleaved rounds of copy_, zero_ and sum over {nbytes // 2**20} MiB "
                        "float32; bytes_per_s: copy's bytes read + written")
+
+
+def _passes(device: torch.device, nbytes: int, repeats: int) -> dict[str, dict]:
+    """The three passes of :func:`measure_bandwidth`, timed together (the buffers die on return)."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    total = torch.empty((), dtype=torch.float32, device=device)
+    clock = clock_for(device)
+    passes = [Peer("copy", lambda: dst.copy_(src), clock=clock), Peer("zero", dst.zero_, clock=clock),
+              Peer("sum", lambda: torch.sum(src, dim=0, out=total), clock=clock)]
+    return measure(passes, Timing(warmup=1, min_repeats=repeats, max_repeats=repeats, target_s=0.0,
+                                  max_call_s=math.inf))
 
 
 def release_memory(device: torch.device) -> None:

@@ -124,6 +124,8 @@ def peers_for(family: FamilyBench, op: str, problem: Problem | ElementProblem, s
                               counterpart=False))
         elif reason is not None:
             peers.append(Peer(name, skip=reason))
+        elif name in _CPU_ONLY and settings.device.type != "cpu":
+            peers.append(Peer(name, skip=_CPU_ONLY[name]))
         else:
             peers.append(builder(family, op, problem, clock))
     if op in LIMIT_NAMES:
@@ -148,17 +150,17 @@ def _grad(fn: Callable[[], torch.Tensor], leaves: dict[str, torch.Tensor], cotan
     return lambda: torch.autograd.grad(fn(), inputs, cotangent, allow_unused=allow_unused)
 
 
-def _operator_peer(name: str, module, family: FamilyBench, op: str, p: Problem, clock: str, note: str = "") -> Peer:
+def _operator_peer(name: str, module, family: FamilyBench, op: str, p: Problem, clock: str) -> Peer:
     """``log_partition``, ``log_prob``, its backward and ``log_prob_all`` in ``family``'s calling
     form over ``module`` (penact.ops or penact.reference), the normalizers computed once."""
     dist, x, labels = p.dist, p.x, p.labels
     if op == "log_partition":
-        return Peer(name, lambda: family.log_partition(module, dist), clock=clock, note=note)
+        return Peer(name, lambda: family.log_partition(module, dist), clock=clock)
     log_partition = p.log_partition(module)
     if op == "log_prob":
-        return Peer(name, lambda: family.log_prob(module, dist, x, labels, log_partition), clock=clock, note=note)
+        return Peer(name, lambda: family.log_prob(module, dist, x, labels, log_partition), clock=clock)
     if op == "log_prob_all":
-        return Peer(name, lambda: family.log_prob_all(module, dist, x, log_partition), clock=clock, note=note)
+        return Peer(name, lambda: family.log_prob_all(module, dist, x, log_partition), clock=clock)
     if op == "log_prob_backward":
         x_leaf = x.detach().requires_grad_()
         weight = p.weight.detach().requires_grad_()
@@ -195,7 +197,8 @@ def _composite(family: FamilyBench, op: str, p, clock: str) -> Peer:
     if op == "log_marginal":
         def log_marginal():
             log_partition = family.log_partition(reference, dist)
-            log_joint = family.log_prob_all(reference, dist, x, log_partition) + torch.log_softmax(log_partition, dim=0)
+            log_prior = torch.log_softmax(dist.bias + log_partition, dim=0)
+            log_joint = family.log_prob_all(reference, dist, x, log_partition) + log_prior
             return torch.logsumexp(log_joint, dim=1)
         return Peer("composite", log_marginal, clock=clock)
     if op == "rsample_backward":
@@ -397,8 +400,6 @@ def tfp_sphere_functions() -> dict[str, Callable]:
 def _tfp_sphere(family: FamilyBench, op: str, p, clock: str) -> Peer:
     if op == "rsample_backward":
         return _absent("tfp-jax", "VonMisesFisher's sampler is a while_loop: JAX has no reverse-mode gradient of it")
-    if p.device.type != "cpu":
-        return Peer("tfp-jax", skip="TFP-on-JAX is measured on CPU runs only")
     fn = tfp_sphere_functions()[op]
     note = "jit, CPU"
     if op in ELEMENT_OPS:
@@ -407,7 +408,8 @@ def _tfp_sphere(family: FamilyBench, op: str, p, clock: str) -> Peer:
         return Peer("tfp-jax", lambda: _block(fn(argument, x)), note=note)
     # TFP's VonMisesFisher lives on the unit sphere, as the benchmark's sphere problems do
     arrays = p.cached("jax", lambda: dict(
-        x=_as_jax(p.dist.support(p.x)), weight=_as_jax(p.weight), mu=_as_jax(p.dist.mean_direction), kappa=_as_jax(p.dist.kappa),
+        x=_as_jax(p.dist.support(p.x)), weight=_as_jax(p.weight), mu=_as_jax(p.dist.mean_direction),
+        kappa=_as_jax(p.dist.kappa),
         labels=_as_jax(p.labels), log_prior=_as_jax(p.dist.log_prior)))
     mu, kappa, labels, x = arrays["mu"], arrays["kappa"], arrays["labels"], arrays["x"]
     key = tfp_modules()[0][0].random.PRNGKey(p.seed)
@@ -448,9 +450,14 @@ def tfp_rectified_functions() -> dict[str, Callable]:
     def labelled_sum(x, weight, scale, zero_mass, labels):
         return coordinates(weight[labels], scale, zero_mass)[0].log_prob(x).sum()
 
+    def log_prob_all(weight, scale, zero_mass, x):
+        # one class at a time: broadcasting x [N, 1, D] against [C, D] would materialize [N, C, D]
+        # (XLA does not fuse Inflated's selects into the reduction; 40 GB at the headline sizes)
+        return jax.lax.map(lambda row: coordinates(row, scale, zero_mass)[0].log_prob(x), weight).T
+
     def log_marginal(weight, scale, zero_mass, x):
-        dist, log_partition = coordinates(weight, scale, zero_mass)
-        return tfd.MixtureSameFamily(tfd.Categorical(logits=log_partition), dist).log_prob(x)
+        log_prior = jax.nn.log_softmax(coordinates(weight, scale, zero_mass)[1])
+        return jax.nn.logsumexp(log_prob_all(weight, scale, zero_mass, x) + log_prior, axis=1)
 
     return dict(
         sample=jax.jit(lambda weight, scale, zero_mass, labels, key:
@@ -458,8 +465,7 @@ def tfp_rectified_functions() -> dict[str, Callable]:
         log_prob=jax.jit(lambda weight, scale, zero_mass, labels, x:
                          coordinates(weight[labels], scale, zero_mass)[0].log_prob(x)),
         log_prob_backward=jax.jit(jax.grad(labelled_sum, argnums=(0, 1))),
-        log_prob_all=jax.jit(lambda weight, scale, zero_mass, x:
-                             coordinates(weight, scale, zero_mass)[0].log_prob(x[:, None, :])),
+        log_prob_all=jax.jit(log_prob_all),
         log_marginal=jax.jit(log_marginal),
         log_partition=jax.jit(lambda weight, scale, zero_mass: coordinates(weight, scale, zero_mass)[1]),
     )
@@ -468,8 +474,6 @@ def tfp_rectified_functions() -> dict[str, Callable]:
 def _tfp_rectified(family: FamilyBench, op: str, p: Problem, clock: str) -> Peer:
     if op == "rsample_backward":
         return _absent("tfp-jax", "TFP's Inflated draws its atom by a categorical choice: not reparameterized")
-    if p.device.type != "cpu":
-        return Peer("tfp-jax", skip="TFP-on-JAX is measured on CPU runs only")
     fn = tfp_rectified_functions()[op]
     arrays = p.cached("jax", lambda: dict(
         x=_as_jax(p.x), weight=_as_jax(p.weight), scale=_as_jax(p.dist.scale), zero_mass=_as_jax(p.dist.zero_mass),
@@ -522,6 +526,7 @@ _EXTERNAL = {
     "power-spherical": {"sphere": _power_spherical_sphere},
 }
 _BUILDERS = {"penact": _penact, "composite": _composite, **_EXTERNAL}
+_CPU_ONLY = {"tfp-jax": "TFP-on-JAX is measured on CPU runs only"}
 _NO_COUNTERPART = {
     ("scipy", "rectified"): "scipy.stats has no zero-inflated truncated normal (truncnorm has no atom at 0)",
     ("power-spherical", "rectified"): "a law on the sphere: no counterpart in the rectified family",

@@ -51,7 +51,8 @@ class Problem:
         other = object.__new__(Problem)
         other.__dict__.update(self.__dict__, dtype=dtype, _cache={})
         other.weight = self.weight.to(dtype)
-        other.params = {key: value.to(dtype) if isinstance(value, Tensor) else value for key, value in self.params.items()}
+        other.params = {key: value.to(dtype) if isinstance(value, Tensor) else value
+                        for key, value in self.params.items()}
         other.dist = self.family.distribution(other.weight, None, **other.params)
         other.x = self.x.to(dtype)
         return other

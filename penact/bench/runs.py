@@ -24,7 +24,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 # The grid
 
 
-def grid_cases(settings: Settings, family: FamilyBench) -> Iterator[tuple[int, str, int, int, list[tuple[str, int | None, int | None]]]]:
+Case = tuple[str, int | None, int | None]  # (op, C or None, N or None)
+
+
+def grid_cases(settings: Settings, family: FamilyBench) -> Iterator[tuple[int, str, int, int, list[Case]]]:
     """``(D, regime, C, N, [(op, C or None, N or None)])`` for each set of inputs of the grid, N
     ascending (so that slow peers can be predicted). An operation independent of the regime runs
     at the family's default regime only (or the first of this run's), an element operation once
