@@ -92,7 +92,7 @@ def _special_records(op: str, dtype: torch.dtype, outputs: dict[str, np.ndarray]
 
 def _special_sphere(settings: Settings, family: FamilyBench, mp: ModuleType) -> list[dict]:
     """``log I_v``, ``A(v, x)``, ``log C_D`` of each peer against mpmath at ``v = D/2 - 1`` and
-    kappa at the edges of the SPEC range and at the edges of each regime."""
+    kappa at the edges of the documented range (docs/model.md, section 6) and of each regime."""
     multiples = sorted({m for regime in settings.regimes[family.name] for m in family.kappa_multiples[regime]})
     points = [(dim, kappa) for dim in settings.dims for kappa in [1e-10] + [m * dim for m in multiples] + [1e7]]
     mp_functions = {"log_bessel_iv": lambda dim, x: mp.log_besseli(0.5 * dim - 1, x),
