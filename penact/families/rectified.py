@@ -152,9 +152,9 @@ class RectifiedDistribution(ClassConditionalDistribution):
         non-zero coordinates, counting measure at zero)."""
         return ops.rectified_log_prob(x, self.weight, self.scale, self.zero_mass, self.log_partition, labels)
 
-    def log_prob_all(self, x: Tensor) -> Tensor:
+    def _log_prob_all(self, x: Tensor, log_partition: Tensor) -> Tensor:
         """``log p(x_i | c)`` for every class, ``[N, C]`` (one matrix product)."""
-        return ops.rectified_log_prob_all(x, self.weight, self.scale, self.zero_mass, self.log_partition)
+        return ops.rectified_log_prob_all(x, self.weight, self.scale, self.zero_mass, log_partition)
 
     # -- closed forms --------------------------------------------------------------------------
 
