@@ -318,8 +318,9 @@ def test_transfer_data_that_cannot_be_iterated_again_are_refused(teacher_state):
     distiller = _distiller(teacher_state, "kd", one_shot, config=replace(TINY, steps=30))
     with pytest.raises(ValueError, match="yielded no batch in epoch 1"):
         distiller.train()  # 22 batches, then nothing
+    teacher, distribution = _teacher_and_distribution(teacher_state, "cpu")
     with pytest.raises(ValueError, match="needs image_shape"):
-        _distiller(teacher_state, "synth", [images[:64]])
+        Distiller(teacher, student_cnn(), distribution, [images[:64]], replace(TINY, method="synth"))
     with pytest.raises(ValueError, match="needs transfer data: pass a fitted distribution"):
         Distiller(teacher_cnn(), student_cnn(), "sphere", None, replace(TINY, method="synth"), image_shape=(1, 8, 8))
 

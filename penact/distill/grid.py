@@ -83,8 +83,9 @@ BENCHMARKS = {
     # The settings were chosen on the validation split (docs/distill.md records the runs).
     "mnist": Benchmark(
         "mnist", ("in-domain", "partial", "corrupted", "shifted", "noise", "none"),
-        DistillConfig(steps=1500, batch_size=256, lr=2e-3, pool_size=4096, synth_steps=100, augment_shift=2),
-        "sphere",
+        DistillConfig(steps=1500, batch_size=256, lr=2e-3, pool_size=4096, synth_steps=100, tv_weight=10.0,
+                      l2_weight=10.0, augment_shift=2),
+        "rectified",
         (Target("none", 0.982, source="DAFL's 98.20%"), Target("none", 0.9877, source="stretch: ZSKD's 98.77%"),
          Target("shifted", 0.96), Target("shifted", margin_over_kd=0.02), Target("partial", 0.97)),
         share_pool=True, models="LeNet-5 (penultimate width 84) ... LeNet-5-half (width 42)",
@@ -212,19 +213,21 @@ def make_pool(seed: int, config: DistillConfig, teacher: torch.nn.Module, distri
 
 
 def run_grid(methods: list[str], transfers: list[str], seeds: list[int], config: DistillConfig, *,
-             teacher_epochs: int | None = None, severity: float = 3.0, family: str = "sphere",
+             teacher_epochs: int | None = None, severity: float = 3.0, family: str | None = None,
              checkpoint_dir: Path | None = None, progress: bool = True, device: torch.device | str = "cpu",
              log_every: int = 50, dataset: str = "digits", split: str = "test",
              share_pool: bool | None = None) -> tuple[list[CellResult], dict[int, dict]]:
     """Every ``(seed, transfer, method)`` with a data source, on ``device`` (teachers are trained and
-    their families fitted there), and the record of each seed's shared pool (:func:`make_pool`;
-    ``share_pool``, default: the benchmark's). ``teacher_epochs`` defaults to the data set's.
+    their families fitted there), and the record of each seed's shared pool (:func:`make_pool`).
+    ``family`` and ``share_pool`` default to the benchmark's, ``teacher_epochs`` to the data set's.
     With ``checkpoint_dir``, teachers, pools, finished cells and running cells are saved there, and
     a rerun skips or resumes them."""
     rank, world_size = distributed_context()
     name = split_dataset(dataset, split)
     data = get_dataset(name).load()
-    share_pool = get_benchmark(dataset).share_pool if share_pool is None else share_pool
+    benchmark = get_benchmark(dataset)
+    share_pool = benchmark.share_pool if share_pool is None else share_pool
+    family = benchmark.family if family is None else family
     cells = [(seed, transfer, method) for seed in seeds for transfer in transfers for method in methods
              if has_data_source(method, transfer)]
     runs = list(dict.fromkeys((seed, transfer, same_run(method, transfer)) for seed, transfer, method in cells))
@@ -400,7 +403,7 @@ def _formulation(benchmark: Benchmark) -> list[str]:
         f"activations; {student} is distilled with Adam (cosine-annealed learning rate) on the "
         "soft-label loss `T^2 KL(softmax(t/T) || softmax(s/T))`. `synth` draws balanced labels and "
         "activations `a ~ p(a | y)` from the family, optimizes `x = sigmoid(z)` to minimize "
-        "`1 - cos(f_T(x), a)` (sphere family; squared error for others) plus a total-variation prior, and "
+        "`1 - cos(f_T(x), a)` (sphere family; squared error for others) plus total-variation and L2 priors, and "
         "distils on a batch of that pool beside each transfer batch (the whole batch when there are no "
         f"transfer data). {pool}`weighted` multiplies each transfer sample's loss by "
         "`n softmax(log p(a_i) / tau)` over its batch, `tau` the std of `log p(a)` under the model's own "
