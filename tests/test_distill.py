@@ -566,14 +566,17 @@ def test_cli_resolves_the_benchmark_quick_and_given_settings():
     parse = cli.build_parser().parse_args
     config, grid = distill_cli.resolve(parse(["distill"]))
     assert config == DistillConfig() and grid["transfers"] == ["in-domain", "corrupted", "partial", "none"]
-    assert grid["teacher_epochs"] == 20 and grid["seeds"] == 5 and grid["family"] == "sphere"
+    assert grid["teacher_epochs"] == 20 and grid["seeds"] == [0, 1, 2, 3, 4] and grid["family"] == "sphere"
     config, grid = distill_cli.resolve(parse(["distill", "--dataset", "mnist"]))
     assert config == get_benchmark("mnist").config and "shifted" in grid["transfers"] and grid["teacher_epochs"] == 9
     config, grid = distill_cli.resolve(parse(["distill", "--dataset", "mnist", "--quick", "--steps", "7",
                                               "--checkpoint-dir", "ck"]))
     quick = get_benchmark("mnist").quick
     assert config.steps == 7 and config.pool_size == quick["pool_size"] and config.checkpoint_every == 250
-    assert grid["seeds"] == 1 and grid["transfers"] == list(quick["transfers"])
+    assert grid["seeds"] == [0] and grid["transfers"] == list(quick["transfers"])
+    assert distill_cli.resolve(parse(["distill", "--seed-list", "3,4"]))[1]["seeds"] == [3, 4]
+    with pytest.raises(SystemExit):
+        parse(["distill", "--seed-list", "3,3"])
     assert distill_cli.report_name("mnist", "validation", True).endswith("-validation-quick")
     assert distill_cli.report_name("digits", "test", False).count("-") == 3  # distill-YYYY-MM-DD, as before
 

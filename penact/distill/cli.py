@@ -56,6 +56,16 @@ def _transfers(text: str) -> list[str]:
     return transfers
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of distinct seeds >= 0, got {text!r}")
+    return seeds
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="digits", choices=tuple(BENCHMARKS), help="(default: %(default)s)")
     parser.add_argument("--split", default="test", choices=SPLITS,
@@ -66,7 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated; parts kd, synth, weighted joined by '+' (default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--transfers", type=_transfers, default=None,
                         help=f"comma-separated subset of {','.join(TRANSFER_SETS)} (default: the benchmark's)")
-    parser.add_argument("--seeds", type=int, default=None, help=f"seeds 0 .. N-1 (default: {SEEDS})")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, help=f"seeds 0 .. N-1 (default: {SEEDS})")
+    seeds.add_argument("--seed-list", type=_seed_list, default=None,
+                        help="run only these seeds, e.g. 3,4 (instead of --seeds): processes or machines that share "
+                             "a --checkpoint-dir can split a grid by seeds, and a last run with --seeds N reports "
+                             "all of it from the saved cells")
     parser.add_argument("--family", default=None, choices=family_names(), help="distribution family")
     parser.add_argument("--severity", type=float, default=DEFAULT_SEVERITY, help="corruption severity (default: %(default)s)")
     parser.add_argument("--teacher-epochs", type=int, default=None, help="(default: the data set's recipe)")
@@ -100,7 +115,7 @@ def resolve(args: argparse.Namespace) -> tuple[DistillConfig, dict]:
     config = replace(benchmark.config, **{name: chosen(name, getattr(benchmark.config, name)) for name in CONFIG_OPTIONS},
                      checkpoint_every=args.checkpoint_every if args.checkpoint_dir else 0)
     grid = {"methods": list(chosen("methods", DEFAULT_METHODS)), "transfers": list(chosen("transfers", benchmark.transfers)),
-            "seeds": chosen("seeds", SEEDS), "family": chosen("family", benchmark.family),
+            "seeds": args.seed_list or list(range(chosen("seeds", SEEDS))), "family": chosen("family", benchmark.family),
             "teacher_epochs": chosen("teacher_epochs", get_dataset(args.dataset).teacher_epochs)}
     return config, grid
 
@@ -141,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config, grid = resolve(args)
         benchmark = get_benchmark(args.dataset)
-        results, pools = run_grid(grid["methods"], grid["transfers"], list(range(grid["seeds"])), config,
+        results, pools = run_grid(grid["methods"], grid["transfers"], grid["seeds"], config,
                                   teacher_epochs=grid["teacher_epochs"], severity=args.severity, family=grid["family"],
                                   checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress, device=device,
                                   log_every=args.log_every, dataset=args.dataset, split=args.split)
