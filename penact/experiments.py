@@ -9,7 +9,7 @@ import argparse
 import contextlib
 import platform
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +48,26 @@ DATASETS = {
     "mnist": Dataset("mnist", load_mnist, lenet5, lenet5_half, (1, 28, 28), 9, {"lr": 1e-3, "batch_size": 256,
                                                                                  "weight_decay": 0.0}),
 }
+
+
+def _holding_out(load: Callable, size: int) -> Callable:
+    """``load`` with its last ``size`` training images as the test split and the rest as the
+    training split: a validation split, so that settings are chosen without the test split."""
+
+    def load_validation():
+        data = load()
+        return replace(data, train_images=data.train_images[:-size], train_labels=data.train_labels[:-size],
+                       test_images=data.train_images[-size:], test_labels=data.train_labels[-size:])
+
+    return load_validation
+
+
+# "<name>-validation": the same data set, teacher and recipe, evaluated on a part of the training
+# split held out from everything (MNIST: the last 10,000, the deeplearning.net validation split;
+# digits: the last 20% of the training split, 270 images).
+for _name, _held_out in (("digits", 270), ("mnist", 10_000)):
+    DATASETS[f"{_name}-validation"] = replace(DATASETS[_name], name=f"{_name}-validation",
+                                              load=_holding_out(DATASETS[_name].load, _held_out))
 
 
 def get_dataset(name: str) -> Dataset:

@@ -20,11 +20,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from penact import PenultimateDistribution, cli
-from penact.data import load_digits_split
+from penact.data import MnistSplit, load_digits_28, load_digits_split
 from penact.distill import (TRANSFER_SETS, DistillConfig, Distiller, corrupt, kd_loss, parse_method,
-                            synthesize_inputs, transfer_images)
-from penact.distill.grid import run_grid, summarize, write_report
+                            random_translate, synthesize_inputs, transfer_images, transfer_set)
+from penact.distill import cli as distill_cli
+from penact.distill.grid import get_benchmark, make_pool, run_grid, split_dataset, summarize, write_report
 from penact.distill.trainer import RANK_OFFSET_STRIDE
+from penact.experiments import DATASETS, fit_distribution, get_dataset, prepare_teacher
 from penact.models import student_cnn, teacher_cnn, train_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add noise and time
@@ -73,14 +75,14 @@ def _teacher_and_distribution(path, device="cpu"):
     return teacher, PenultimateDistribution.fit(teacher.fc, activations, data.train_labels.to(device))
 
 
-def _distiller(teacher_path, method, transfer, config=TINY, checkpoint_path=None, seed=0, device="cpu"):
+def _distiller(teacher_path, method, transfer, config=TINY, checkpoint_path=None, seed=0, device="cpu", pool=None):
     """A Distiller of the saved teacher on ``device``; ``transfer``: a transfer set's name, or data."""
     teacher, distribution = _teacher_and_distribution(teacher_path, device)
     torch.manual_seed(seed)
     if isinstance(transfer, str):
         transfer = transfer_images(transfer, load_digits_split(), seed=seed)
-    return Distiller(teacher, student_cnn(), _recording(distribution), transfer,
-                     replace(config, method=method, seed=seed), checkpoint_path=checkpoint_path, device=device)
+    return Distiller(teacher, student_cnn(), _recording(distribution), transfer, replace(config, method=method, seed=seed),
+                     image_shape=(1, 8, 8), checkpoint_path=checkpoint_path, device=device, pool=pool)
 
 
 def _state_equal(a: dict, b: dict) -> bool:
@@ -102,17 +104,57 @@ def test_parse_method_rejects_unknown_parts(method):
         parse_method(method)
 
 
+def _mnist_like_split():
+    """A tiny stand-in for MNIST (28x28 in [0, 1], ten classes): scikit-learn's digits framed like
+    MNIST, 1,500 for training and 297 for testing (tests never load the real data)."""
+    images, labels = load_digits_28()
+    return MnistSplit(images[:1500], labels[:1500], images[1500:], labels[1500:])
+
+
 def test_transfer_sets():
     data = load_digits_split()
-    sizes = {name: transfer_images(name, data).shape[0] for name in TRANSFER_SETS}
-    assert sizes["in-domain"] == sizes["corrupted"] == data.train_images.shape[0]
+    sets = {name: transfer_set(name, data) for name in TRANSFER_SETS if name != "shifted"}
+    sizes = {name: found.images.shape[0] for name, found in sets.items()}
+    assert sizes["in-domain"] == sizes["corrupted"] == sizes["noise"] == data.train_images.shape[0]
     assert sizes["partial"] == int((data.train_labels < 5).sum()) and sizes["none"] == 0
+    assert set(sets["partial"].labels.tolist()) == {0, 1, 2, 3, 4} and sets["noise"].labels is None
     corrupted = transfer_images("corrupted", data, severity=2.0, seed=3)
     assert torch.equal(corrupted, transfer_images("corrupted", data, severity=2.0, seed=3))
     assert not torch.equal(corrupted, transfer_images("corrupted", data, severity=2.0, seed=4))
     assert corrupted.min() >= 0 and corrupted.max() <= 1
     with pytest.raises(ValueError, match="transfer set"):
         transfer_images("rotated", data)
+    with pytest.raises(ValueError, match="shifted domain is made for"):
+        transfer_images("shifted", data)
+
+
+def test_noise_and_shifted_transfer_sets():
+    """Noise: i.i.d. Gaussian pixels with the training images' mean and std (MNIST's: N(0, 1) after
+    LeNet-5's normalization), fixed by the seed; shifted: all 1,797 framed digits with their labels."""
+    data = _mnist_like_split()
+    noise = transfer_images("noise", data, seed=1)
+    assert noise.shape == data.train_images.shape and torch.equal(noise, transfer_images("noise", data, seed=1))
+    assert not torch.equal(noise, transfer_images("noise", data, seed=2))
+    assert abs(float(noise.mean() - data.train_images.mean())) < 0.01
+    assert abs(float(noise.std() / data.train_images.std()) - 1) < 0.01
+    shifted = transfer_set("shifted", data)
+    assert shifted.images.shape == (1797, 1, 28, 28) and shifted.labels.shape == (1797,)
+
+
+@pytest.mark.parametrize("max_shift", [0, 1, 3])
+def test_random_translate_moves_each_image_by_its_own_offset(max_shift):
+    images = torch.rand(400, 2, 7, 9, generator=torch.Generator().manual_seed(0))
+    moved = random_translate(images, max_shift, torch.Generator().manual_seed(1))
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, 400), generator=torch.Generator().manual_seed(1)) - max_shift
+    seen = set()
+    for image, result, dy, dx in zip(images, moved, *(-offsets).tolist()):
+        expected = torch.zeros_like(image)  # out[i, j] = image[i - dy, j - dx], zero outside
+        rows, cols = slice(max(dy, 0), 7 + min(dy, 0)), slice(max(dx, 0), 9 + min(dx, 0))
+        source_rows, source_cols = slice(max(-dy, 0), 7 + min(-dy, 0)), slice(max(-dx, 0), 9 + min(-dx, 0))
+        expected[:, rows, cols] = image[:, source_rows, source_cols]
+        assert torch.equal(result, expected)
+        seen.add((dy, dx))
+    assert len(seen) == (2 * max_shift + 1) ** 2  # every offset occurs in 400 draws
 
 
 def test_corrupt_severity_zero_is_identity_and_severity_grows_the_shift():
@@ -166,7 +208,7 @@ def test_methods_train_and_use_disjoint_offsets(teacher_state, method, transfer,
         position += count
     assert position == distiller.sample_counter
     if "synth" in method:
-        assert distiller.pool_images.shape == (TINY.pool_size, 1, 8, 8)
+        assert distiller.pool.images.shape == (TINY.pool_size, 1, 8, 8)
         assert distiller.pool_refreshes == 1 + (TINY.steps - 1) // TINY.refresh_every
         assert distiller.timings.synthesis > 0
     if "weighted" in method and transfer != "none":
@@ -197,10 +239,41 @@ def test_stop_and_resume_reproduces_the_uninterrupted_run(teacher_state, tmp_pat
     assert resumed.load_checkpoint() and resumed.step == 13
     resumed.train()
     assert _state_equal(resumed.student.state_dict(), whole.student.state_dict())
-    assert torch.equal(resumed.pool_images, whole.pool_images)
+    assert torch.equal(resumed.pool.images, whole.pool.images)
     assert resumed.sample_counter == whole.sample_counter
     # Adam's step counts stay on the CPU (on the GPU the host would read them at every step).
     assert all(state["step"].device.type == "cpu" for state in resumed.optimizer.state.values())
+
+
+def test_a_run_given_a_pool_is_the_run_that_synthesized_it(teacher_state, tmp_path, device):
+    """``synthesize_pool`` makes the pool a ``synth`` run makes for itself (the same draws), so a run
+    given it is that run, bit for bit, pool augmentation and synthesis jitter included. A run given
+    a pool draws after the pool's counters, and its checkpoints refer to the pool instead of storing
+    it: resuming needs the pool again."""
+    config = replace(TINY, steps=30, refresh_every=0, augment_shift=1, synth_jitter=1)
+    own = _distiller(teacher_state, "synth", "partial", config=config, device=device).train()
+    pool = _distiller(teacher_state, "synth", None, config=config, device=device).synthesize_pool()
+    assert len(pool) == pool.draws == config.pool_size and torch.equal(pool.images, own.pool.images)
+    given = _distiller(teacher_state, "synth", "partial", config=config, device=device, pool=pool).train()
+    assert _state_equal(given.student.state_dict(), own.student.state_dict())
+    assert given.distribution.draws == []  # nothing left to draw
+
+    path = tmp_path / "given.pt"
+    whole = _distiller(teacher_state, "synth+weighted", "partial", config=config, device=device, pool=pool).train()
+    assert whole.distribution.draws[0] == (pool.draws, config.weight_reference_size)
+    _distiller(teacher_state, "synth+weighted", "partial", config=config, checkpoint_path=path, device=device,
+               pool=pool).train(until_step=10)
+    state = torch.load(path, weights_only=False)
+    assert state["pool_given"] and state["pool"] is None
+    with pytest.raises(ValueError, match="given pool"):
+        _distiller(teacher_state, "synth+weighted", "partial", config=config, checkpoint_path=path).load_checkpoint()
+    resumed = _distiller(teacher_state, "synth+weighted", "partial", config=config, checkpoint_path=path,
+                         device=device, pool=pool)
+    assert resumed.load_checkpoint() and resumed.step == 10
+    resumed.train()
+    assert _state_equal(resumed.student.state_dict(), whole.student.state_dict())
+    with pytest.raises(ValueError, match="no synth part"):
+        _distiller(teacher_state, "kd", "partial", config=config, pool=pool)
 
 
 def test_checkpoint_from_another_config_or_transfer_kind_is_refused(teacher_state, tmp_path):
@@ -245,8 +318,9 @@ def test_transfer_data_that_cannot_be_iterated_again_are_refused(teacher_state):
     distiller = _distiller(teacher_state, "kd", one_shot, config=replace(TINY, steps=30))
     with pytest.raises(ValueError, match="yielded no batch in epoch 1"):
         distiller.train()  # 22 batches, then nothing
+    teacher, distribution = _teacher_and_distribution(teacher_state, "cpu")
     with pytest.raises(ValueError, match="needs image_shape"):
-        _distiller(teacher_state, "synth", [images[:64]])
+        Distiller(teacher, student_cnn(), distribution, [images[:64]], replace(TINY, method="synth"))
     with pytest.raises(ValueError, match="needs transfer data: pass a fitted distribution"):
         Distiller(teacher_cnn(), student_cnn(), "sphere", None, replace(TINY, method="synth"), image_shape=(1, 8, 8))
 
@@ -348,7 +422,7 @@ def _distributed_worker(rank, world_size, backend, device_format, rendezvous, te
 
         result = {"draws": distiller.distribution.draws, "params": flat(distiller.student),
                   "resumed_params": flat(resumed.student), "loader_params": flat(loader_run.student),
-                  "pool": distiller.pool_images.flatten().tolist(), "transfer_batches": used,
+                  "pool": distiller.pool.images.flatten().tolist(), "transfer_batches": used,
                   "loader_indices": loader.indices,
                   "accuracy": distiller.evaluate(data.test_images, data.test_labels),
                   "transfer_batch": distiller.transfer.batch_size, "synth_batch": distiller.synth_batch}
@@ -416,22 +490,95 @@ def test_distill_command_under_torchrun(tmp_path, device):
 def test_grid_writes_table_json_and_png(tmp_path, device):
     config = replace(TINY, steps=4, pool_size=20, refresh_every=0, synth_steps=2)
     methods, transfers = ["kd", "synth"], ["partial", "none"]
-    results = run_grid(methods, transfers, [0, 1], config, teacher_epochs=1, checkpoint_dir=tmp_path / "ck",
-                       progress=False, device=device)
-    assert len(results) == 2 * 3  # kd on "none" has no data: n/a
+    results, pools = run_grid(methods, transfers, [0, 1], config, teacher_epochs=1, checkpoint_dir=tmp_path / "ck",
+                              progress=False, device=device)
+    assert len(results) == 2 * 3 and not pools  # kd on "none" has no data: n/a; digits makes a pool per run
     assert len(list((tmp_path / "ck" / "cells").iterdir())) == 6
-    rerun = run_grid(methods, transfers, [0, 1], config, teacher_epochs=1, checkpoint_dir=tmp_path / "ck", progress=False)
+    rerun, _ = run_grid(methods, transfers, [0, 1], config, teacher_epochs=1, checkpoint_dir=tmp_path / "ck",
+                        progress=False)
     assert [r.student_accuracy for r in rerun] == [r.student_accuracy for r in results]
-    summary = summarize(results, methods, transfers)
+    summary = summarize(results, methods, transfers, get_benchmark("digits"))
     assert "none/kd" not in summary["table"] and len(summary["table"]["partial/synth"]["seeds"]) == 2
     assert all(shares["seconds_per_step"] > 0 for shares in summary["timing_shares"].values())
     paths = write_report(summary, methods, transfers, tmp_path, "distill-test", "penact distill ...",
-                         {"steps": 4, "device": device})
+                         {"steps": 4, "device": device}, get_benchmark("digits"))
     assert all(path.stat().st_size > 0 for path in paths)
     markdown = paths[0].read_text()
     assert "| none | " in markdown and "n/a" in markdown and "penact distill ..." in markdown
     assert f"On {device}. Seconds per step" in markdown and "| seconds per step |" in markdown
     assert json.loads(paths[1].read_text())["table"]["partial/kd"]["mean"] >= 0
+
+
+def test_mnist_grid_shares_one_pool_per_seed(tmp_path, monkeypatch):
+    """The MNIST benchmark on a tiny MNIST-like split: one pool per seed serves every synth run
+    (the pool's synthesis outside the runs), synth+weighted without transfer data is synth's run
+    reported twice, and the report sets the published numbers and the MNIST targets beside ours."""
+    monkeypatch.setitem(DATASETS, "mnist", replace(DATASETS["mnist"], load=_mnist_like_split))
+    benchmark = get_benchmark("mnist")
+    config = replace(benchmark.config, steps=3, batch_size=32, pool_size=20, synth_steps=2, weight_reference_size=64)
+    methods, transfers, checkpoint_dir = ["kd", "synth", "synth+weighted"], ["shifted", "noise", "none"], tmp_path / "ck"
+    results, pools = run_grid(methods, transfers, [0], config, teacher_epochs=1, checkpoint_dir=checkpoint_dir,
+                              progress=False, dataset="mnist")
+    assert len(results) == 3 + 3 + 2 and list(pools) == [0] and pools[0]["timings"]["synthesis"] > 0
+    assert len(list((checkpoint_dir / "cells").iterdir())) == 7  # none/synth+weighted is not run again
+    without_data = {r.method: r for r in results if r.transfer == "none"}
+    assert without_data["synth+weighted"].same_run_as == "synth"
+    assert without_data["synth+weighted"].student_accuracy == without_data["synth"].student_accuracy
+    assert all(r.timings["synthesis"] == 0 for r in results if "synth" in r.method)
+    shifted = {r.method: r for r in results if r.transfer == "shifted"}
+    assert shifted["kd"].teacher_transfer_accuracy is not None
+    assert all(r.teacher_transfer_accuracy is None for r in results if r.transfer == "noise")
+
+    teacher = prepare_teacher(0, 1, checkpoint_dir, dataset="mnist")
+    data = _mnist_like_split()
+    distribution = fit_distribution(benchmark.family, teacher, data.train_images, data.train_labels)
+    pool, record = make_pool(0, config, teacher, distribution, "mnist", checkpoint_dir)  # the saved one
+    assert len(pool) == 20 and record == pools[0]
+    with pytest.raises(ValueError, match="was made with"):
+        make_pool(0, replace(config, synth_steps=3), teacher, distribution, "mnist", checkpoint_dir)
+
+    summary = summarize(results, methods, transfers, benchmark, pools)
+    targets = [verdict["target"] for verdict in summary["targets"]]
+    assert "none: best penact method >= 98.2% (DAFL's 98.20%)" in targets
+    assert "shifted: best penact method >= kd + 2 points" in targets
+    published = {row["what"]: row for row in summary["published"]}
+    assert published["KD on random noise"]["ours"] == "noise/kd" and published["KD on random noise"]["mean"] >= 0
+    assert published["DAFL, data-free (Chen et al. 2019)"]["ours"] in ("none/synth", "none/synth+weighted")
+    assert published["meta-data KD (Lopes et al. 2017)"]["mean"] is None
+    paths = write_report(summary, methods, transfers, tmp_path, "mnist-test", "penact distill --dataset mnist ...",
+                         {"split": "test", "device": "cpu"}, benchmark, quick=True)
+    markdown = paths[0].read_text()
+    assert "# Distillation on mnist" in markdown and "**QUICK RUN**" in markdown and "| 88.01 |" in markdown
+    assert "The shared pool" in markdown and json.loads(paths[1].read_text())["quick"] is True
+
+
+def test_validation_split_holds_out_the_end_of_the_training_split():
+    full, validation = load_digits_split(), get_dataset("digits-validation").load()
+    assert torch.equal(validation.train_images, full.train_images[:-270])
+    assert torch.equal(validation.test_images, full.train_images[-270:])
+    assert torch.equal(validation.test_labels, full.train_labels[-270:])
+    assert get_dataset("mnist-validation").teacher_epochs == get_dataset("mnist").teacher_epochs
+    with pytest.raises(ValueError, match="split must be one of"):
+        split_dataset("mnist", "train")
+
+
+def test_cli_resolves_the_benchmark_quick_and_given_settings():
+    parse = cli.build_parser().parse_args
+    config, grid = distill_cli.resolve(parse(["distill"]))
+    assert config == DistillConfig() and grid["transfers"] == ["in-domain", "corrupted", "partial", "none"]
+    assert grid["teacher_epochs"] == 20 and grid["seeds"] == [0, 1, 2, 3, 4] and grid["family"] == "sphere"
+    config, grid = distill_cli.resolve(parse(["distill", "--dataset", "mnist"]))
+    assert config == get_benchmark("mnist").config and "shifted" in grid["transfers"] and grid["teacher_epochs"] == 9
+    config, grid = distill_cli.resolve(parse(["distill", "--dataset", "mnist", "--quick", "--steps", "7",
+                                              "--checkpoint-dir", "ck"]))
+    quick = get_benchmark("mnist").quick
+    assert config.steps == 7 and config.pool_size == quick["pool_size"] and config.checkpoint_every == 250
+    assert grid["seeds"] == [0] and grid["transfers"] == list(quick["transfers"])
+    assert distill_cli.resolve(parse(["distill", "--seed-list", "3,4"]))[1]["seeds"] == [3, 4]
+    with pytest.raises(SystemExit):
+        parse(["distill", "--seed-list", "3,3"])
+    assert distill_cli.report_name("mnist", "validation", True).endswith("-validation-quick")
+    assert distill_cli.report_name("digits", "test", False).count("-") == 3  # distill-YYYY-MM-DD, as before
 
 
 def test_cli_parses_distill():

@@ -41,13 +41,34 @@ def total_variation(images: Tensor) -> Tensor:
     return vertical + horizontal
 
 
+def random_translate(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Each image of ``images: [N, C, H, W]`` translated by its own integer offset, uniform in
+    ``[-max_shift, max_shift]`` per axis and drawn by ``generator`` (on its own device: one on
+    ``images``' device copies nothing from the host), with zeros shifted in:
+    ``out[n, c, i, j] = images[n, c, i - dy_n, j - dx_n]``, 0 outside."""
+    count, channels, height, width = images.shape
+    padded = F.pad(images, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, count), device=generator.device, generator=generator)
+    offsets = offsets.to(images.device)
+    rows = (torch.arange(height, device=images.device) + offsets[0, :, None])[:, None, :, None]
+    cols = (torch.arange(width, device=images.device) + offsets[1, :, None])[:, None, None, :]
+    picked_rows = padded.gather(2, rows.expand(count, channels, height, padded.shape[3]))
+    return picked_rows.gather(3, cols.expand(count, channels, height, width))
+
+
 def synthesize_inputs(teacher: nn.Module, distribution: ClassConditionalDistribution, targets: Tensor,
                       labels: Tensor, image_shape: tuple[int, ...], generator: torch.Generator, *, steps: int = 100,
-                      lr: float = 0.1, match: str = "auto", tv_weight: float = 0.05, l2_weight: float = 0.0) -> Tensor:
+                      lr: float = 0.1, match: str = "auto", tv_weight: float = 0.05, l2_weight: float = 0.0,
+                      jitter: int = 0) -> Tensor:
     """Images ``[N, *image_shape]`` whose teacher activations ``teacher.features(x): [N, D]`` match
     ``targets: [N, D]`` (drawn for ``labels: [N]``). The initial ``z`` is drawn by ``generator`` on
     its own device (one on ``targets``' device copies nothing from the host), then moved to
-    ``targets``' device; the teacher's parameters receive no gradient."""
+    ``targets``' device; the teacher's parameters receive no gradient.
+
+    ``jitter = k > 0``: at every step the teacher sees each image translated by its own random
+    offset of up to ``k`` pixels per axis (:func:`random_translate`, drawn by ``generator``), so the
+    match cannot rest on a pixel pattern tied to one position (DeepInversion's jitter, Yin et al.
+    2020); the prior is taken on the untranslated image."""
     match = resolve_match(match, distribution)
     logits = torch.randn((targets.shape[0], *image_shape), generator=generator, device=generator.device)
     logits = logits.to(targets.device)
@@ -58,7 +79,7 @@ def synthesize_inputs(teacher: nn.Module, distribution: ClassConditionalDistribu
     try:
         for _ in range(steps):
             images = torch.sigmoid(logits)
-            activations = teacher.features(images)
+            activations = teacher.features(random_translate(images, jitter, generator) if jitter else images)
             if match == "cosine":
                 mismatch = 1 - F.cosine_similarity(activations, targets, dim=1)
             elif match == "mse":

@@ -6,10 +6,12 @@ Methods (combinable with ``+``, e.g. ``"synth+weighted"``):
 - ``kd``: Hinton et al.'s soft-label distillation at temperature ``T`` on the transfer data,
   ``T^2 KL(softmax(t / T) || softmax(s / T))`` per sample (the base of every method);
 - ``synth``: a pool of inputs synthesized from labelled activations drawn from the teacher's
-  distribution (``synthesis.synthesize_inputs``), built before the first step and optionally
-  refreshed (first in, first out) every ``refresh_every`` steps; each step distils on a batch of
-  the pool alongside the transfer batch (the pool's share of the batch is ``synth_fraction``; all of
-  it when there are no transfer data);
+  distribution (``synthesis.synthesize_inputs``), built before the first step (or given: one pool
+  can serve many runs, see :meth:`Distiller.synthesize_pool`) and optionally refreshed (first in,
+  first out) every ``refresh_every`` steps; each step distils on a batch of the pool alongside the
+  transfer batch (the pool's share of the batch is ``synth_fraction``; all of it when there are no
+  transfer data). With ``augment_shift = k > 0`` each pool image of a batch is translated by up to
+  ``k`` pixels per axis and the teacher's logits are computed afresh on what the student sees;
 - ``weighted``: each transfer sample's loss weighted by the teacher model's marginal density of its
   teacher activation, ``w_i = n softmax_i(log p(a_i) / tau)`` over the rank's transfer batch (mean
   1), with ``tau`` the standard deviation of ``log p(a)`` under the model's own samples, so
@@ -52,13 +54,14 @@ from tqdm.auto import tqdm
 
 from .._random import stream_seed
 from ..families import ClassConditionalDistribution, get_family
+from ..ops import skip_device_checks
 from .batches import LoaderBatches, TensorBatches
 from ..training import IntervalMeans, PartTimer
-from .synthesis import resolve_match, synthesize_inputs
+from .synthesis import random_translate, resolve_match, synthesize_inputs
 
 METHOD_PARTS = ("kd", "synth", "weighted")
 RANK_OFFSET_STRIDE = 2**40  # Philox counters per rank: disjoint ranges r * 2^40 + [0, 2^40)
-CHECKPOINT_VERSION = 2      # 2: the transfer source's kind beside its position; the loss log
+CHECKPOINT_VERSION = 3      # 3: a given pool is referred to, not stored; 2: the transfer source's kind; the loss log
 
 
 def parse_method(method: str) -> frozenset[str]:
@@ -92,6 +95,8 @@ class DistillConfig:
     match: str = "auto"
     tv_weight: float = 0.05
     l2_weight: float = 0.0
+    synth_jitter: int = 0             # synthesis: the teacher sees each image translated by up to this many pixels
+    augment_shift: int = 0            # pool images translated by up to this many pixels per axis each step
     weight_reference_size: int = 4096
     seed: int = 0
     checkpoint_every: int = 0         # 0: no periodic checkpoints
@@ -104,6 +109,8 @@ class DistillConfig:
             raise ValueError(f"synth_fraction must lie in (0, 1), got {self.synth_fraction}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.augment_shift < 0 or self.synth_jitter < 0:
+            raise ValueError(f"augment_shift and synth_jitter must be >= 0, got {self.augment_shift}, {self.synth_jitter}")
 
 
 @dataclass
@@ -118,6 +125,31 @@ class Timings:
     sampler: float = 0.0      # distribution.sample
     log_density: float = 0.0  # distribution.log_marginal
     steps: int = 0            # the training steps ``total`` covers
+
+
+@dataclass
+class Pool:
+    """Synthesized inputs ``images: [P, *image_shape]`` with the labels they were drawn for,
+    ``labels: [P]``, the teacher's logits on them, ``logits: [P, C]``, and ``draws``, the sampler
+    counters (per rank) used to make them: a run given the pool draws after them, so that no two
+    draws share a Philox stream."""
+
+    images: Tensor
+    labels: Tensor
+    logits: Tensor
+    draws: int
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str) -> "Pool":
+        return Pool(self.images.to(device), self.labels.to(device), self.logits.to(device), self.draws)
+
+    def replace_oldest(self, new: "Pool") -> "Pool":
+        """The pool with its ``len(new)`` oldest entries replaced by ``new`` (first in, first out)."""
+        keep = slice(len(new), None)
+        return Pool(torch.cat([self.images[keep], new.images]), torch.cat([self.labels[keep], new.labels]),
+                    torch.cat([self.logits[keep], new.logits]), new.draws)
 
 
 def distributed_context() -> tuple[int, int]:
@@ -158,19 +190,23 @@ class Distiller:
         checkpoint_path: where ``save_checkpoint`` writes (every ``checkpoint_every`` steps and at
             the end of ``train``); resume with ``load_checkpoint``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:i"`` (default: the teacher's).
+        pool: the pool a ``synth`` run starts from instead of synthesizing its own (e.g. another
+            run's :meth:`synthesize_pool`, for the same teacher and distribution); moved to
+            ``device``. Checkpoints refer to it instead of storing it while it is unrefreshed, so
+            resuming such a run needs the same pool again.
 
     Raises:
         ValueError: a method with no data source (no transfer data and no ``synth``), a global batch
             not divisible by the world size, a distribution whose classes or width disagree with
             the teacher's final layer, a family name with no transfer data to fit on (or with a
             loader under ``torchrun``: each rank would fit its own shard), or ``synth`` without
-            an ``image_shape``.
+            an ``image_shape``, or a pool without ``synth``.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, distribution: ClassConditionalDistribution | str,
                  transfer: Tensor | Iterable | None, config: DistillConfig | None = None, *,
                  image_shape: tuple[int, ...] | None = None, checkpoint_path: str | Path | None = None,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, pool: Pool | None = None):
         self.config = config = config if config is not None else DistillConfig()
         self.parts = parse_method(config.method)
         self.rank, self.world_size = distributed_context()
@@ -209,15 +245,16 @@ class Distiller:
                              f"got weight {tuple(distribution.weight.shape)}")
         self.distribution = distribution.detach().to(self.device)
         self.match = resolve_match(config.match, self.distribution)
+        if pool is not None and "synth" not in self.parts:
+            raise ValueError(f"method {config.method!r} has no synth part to use the given pool")
 
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(config.steps, 1))
         self.step = 0
-        self.sample_counter = 0          # Philox counters used by this rank (same on every rank)
-        self.pool_images: Tensor | None = None
-        self.pool_logits: Tensor | None = None
-        self.pool_labels: Tensor | None = None
-        self.pool_refreshes = 0
+        self.sample_counter = pool.draws if pool is not None else 0  # Philox counters used by this rank (all alike)
+        self.given_pool = pool.to(self.device) if pool is not None else None
+        self.pool = self.given_pool
+        self.pool_refreshes = int(pool is not None)
         self.weight_temperature: float | None = None
         self.losses: list[tuple[int, float]] = []  # (step, mean loss over the logging interval ending there)
         self.timings = Timings()
@@ -266,7 +303,7 @@ class Distiller:
         torch_dist.all_gather(pieces, local.contiguous())
         return torch.cat(pieces)
 
-    def _synthesize(self, count: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _synthesize(self, count: int) -> Pool:
         """``count`` new pool entries (images, labels, teacher logits), split across ranks; labels
         cycle through the classes so that every refresh is balanced."""
         with self._timer.part("synthesis"):
@@ -278,21 +315,30 @@ class Distiller:
             images = synthesize_inputs(self.teacher, self.distribution, targets, labels, self.image_shape,
                                        self._generator("synthesis", self.pool_refreshes, device=self.device),
                                        steps=self.config.synth_steps, lr=self.config.synth_lr, match=self.match,
-                                       tv_weight=self.config.tv_weight, l2_weight=self.config.l2_weight)
+                                       tv_weight=self.config.tv_weight, l2_weight=self.config.l2_weight,
+                                       jitter=self.config.synth_jitter)
             with torch.no_grad():
                 logits = self.teacher(images)
             self.pool_refreshes += 1
-            return tuple(self._gather(t)[:count] for t in (images, labels, logits))
+            return Pool(*(self._gather(t)[:count] for t in (images, labels, logits)), draws=self.sample_counter)
 
     def _update_pool(self) -> None:
-        if self.pool_images is None:
-            self.pool_images, self.pool_labels, self.pool_logits = self._synthesize(self.config.pool_size)
-            return
-        images, labels, logits = self._synthesize(self.config.refresh_size)
-        keep = slice(images.shape[0], None)  # first in, first out
-        self.pool_images = torch.cat([self.pool_images[keep], images])
-        self.pool_labels = torch.cat([self.pool_labels[keep], labels])
-        self.pool_logits = torch.cat([self.pool_logits[keep], logits])
+        if self.pool is None:
+            self.pool = self._synthesize(self.config.pool_size)
+        else:
+            self.pool = self.pool.replace_oldest(self._synthesize(self.config.refresh_size))
+
+    def synthesize_pool(self) -> Pool:
+        """The pool this run starts from (synthesized now, on every rank, if it has none yet): pass
+        it as ``pool`` to other runs of the same teacher and distribution to synthesize once. Its
+        draws are those the run itself would make (the sampler's first ``pool_size`` counters)."""
+        if "synth" not in self.parts:
+            raise ValueError(f"method {self.config.method!r} has no synth part: it has no pool")
+        if self.pool is None:
+            self._timer.start()
+            self._update_pool()
+            self._collect_timings()
+        return self.pool
 
     def _fit_weight_temperature(self) -> float:
         """``tau``: the std of ``log p(a)`` over ``weight_reference_size`` draws ``(a, y)`` from the
@@ -325,11 +371,17 @@ class Distiller:
                 else:
                     weights.append(images.new_ones(images.shape[0]))
         if self.synth_batch:
-            chosen = torch.randint(self.pool_images.shape[0], (self.synth_batch,), device=self.device,
-                                   generator=self._generator("pool", self.step, device=self.device))
-            inputs.append(self.pool_images[chosen])
-            teacher_logits.append(self.pool_logits[chosen])
-            weights.append(self.pool_images.new_ones(self.synth_batch))
+            generator = self._generator("pool", self.step, device=self.device)
+            chosen = torch.randint(len(self.pool), (self.synth_batch,), device=self.device, generator=generator)
+            images = self.pool.images[chosen]
+            if self.config.augment_shift:
+                images = random_translate(images, self.config.augment_shift, generator)
+                with torch.no_grad():
+                    teacher_logits.append(self.teacher(images))
+            else:
+                teacher_logits.append(self.pool.logits[chosen])
+            inputs.append(images)
+            weights.append(images.new_ones(self.synth_batch))
         losses = kd_loss(self.model(torch.cat(inputs)), torch.cat(teacher_logits), self.config.temperature)
         loss = (torch.cat(weights) * losses).mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -344,6 +396,22 @@ class Distiller:
         for name, seconds in self._timer.collect().items():
             setattr(self.timings, name, getattr(self.timings, name) + seconds)
         self.timings.steps = self.step
+
+    def _train_loop(self, end: int, bar: tqdm, interval: IntervalMeans, log_every: int) -> None:
+        while self.step < end:
+            if "synth" in self.parts and self.config.refresh_every and self.step % self.config.refresh_every == 0 \
+                    and self.step > 0:
+                self._update_pool()
+            interval.add({"loss": self._training_step()})
+            if self.step % log_every == 0 or self.step == end:
+                self.losses.append((self.step, interval.read()["loss"]))
+                self._collect_timings()
+                bar.update(self.step - bar.n)
+                bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}", refresh=False)
+            if self.checkpoint_path is not None and self.config.checkpoint_every \
+                    and self.step % self.config.checkpoint_every == 0:
+                self._collect_timings()
+                self.save_checkpoint()
 
     def train(self, until_step: int | None = None, progress: bool = False, log_every: int = 50) -> "Distiller":
         """Trains up to ``until_step`` (default: ``config.steps``); call again to continue.
@@ -360,25 +428,13 @@ class Distiller:
         self.student.train()
         if "weighted" in self.parts and self.transfer is not None and self.weight_temperature is None:
             self.weight_temperature = self._fit_weight_temperature()
-        if "synth" in self.parts and self.pool_images is None:
+        if "synth" in self.parts and self.pool is None:
             self._update_pool()
         bar = tqdm(total=end, initial=self.step, desc=self.config.method, unit="step",
                    disable=not progress or self.rank != 0, leave=False)
         interval = IntervalMeans()
-        while self.step < end:
-            if "synth" in self.parts and self.config.refresh_every and self.step % self.config.refresh_every == 0 \
-                    and self.step > 0:
-                self._update_pool()
-            interval.add({"loss": self._training_step()})
-            if self.step % log_every == 0 or self.step == end:
-                self.losses.append((self.step, interval.read()["loss"]))
-                self._collect_timings()
-                bar.update(self.step - bar.n)
-                bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}", refresh=False)
-            if self.checkpoint_path is not None and self.config.checkpoint_every \
-                    and self.step % self.config.checkpoint_every == 0:
-                self._collect_timings()
-                self.save_checkpoint()
+        with skip_device_checks():  # the loop's labels and ReLU activations are valid: no check stalls a step
+            self._train_loop(end, bar, interval, log_every)
         bar.close()
         self.student.eval()
         self._collect_timings()
@@ -413,8 +469,10 @@ class Distiller:
             "sample_counter": self.sample_counter,
             "transfer": None if self.transfer is None else
             {"kind": self._transfer_kind(), "epoch": self.transfer.epoch, "cursor": self.transfer.cursor},
-            "pool": None if self.pool_images is None else
-            {"images": self.pool_images.cpu(), "labels": self.pool_labels.cpu(), "logits": self.pool_logits.cpu()},
+            "pool_given": self.pool is not None and self.pool is self.given_pool,
+            "pool": None if self.pool is None or self.pool is self.given_pool else
+            {"images": self.pool.images.cpu(), "labels": self.pool.labels.cpu(), "logits": self.pool.logits.cpu(),
+             "draws": self.pool.draws},
             "pool_refreshes": self.pool_refreshes,
             "weight_temperature": self.weight_temperature,
             "losses": self.losses,
@@ -423,7 +481,8 @@ class Distiller:
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a ``state_dict``. Raises ``ValueError`` when it comes from another config, world
-        size or kind of transfer data (the transfer shards and sampler offsets would not line up)."""
+        size or kind of transfer data (the transfer shards and sampler offsets would not line up),
+        or refers to a given pool that this run was not given (or one of another size)."""
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
         differing = {key: value for key, value in state["config"].items()
@@ -432,6 +491,8 @@ class Distiller:
             raise ValueError(f"checkpoint was written with another config: {differing}")
         if state["world_size"] != self.world_size:
             raise ValueError(f"checkpoint was written by {state['world_size']} ranks, this run has {self.world_size}")
+        if state["pool_given"] and (self.given_pool is None or len(self.given_pool) != self.config.pool_size):
+            raise ValueError("checkpoint was written by a run started from a given pool: pass the same pool")
         transfer = state["transfer"]
         kind = None if transfer is None else transfer["kind"]
         if kind != self._transfer_kind():
@@ -445,10 +506,10 @@ class Distiller:
         self.sample_counter = state["sample_counter"]
         if transfer is not None:
             self.transfer.seek(transfer["epoch"], transfer["cursor"])
-        pool = state["pool"]
-        if pool is not None:
-            self.pool_images, self.pool_labels, self.pool_logits = (
-                pool[key].to(self.device) for key in ("images", "labels", "logits"))
+        if state["pool"] is not None:
+            self.pool = Pool(**state["pool"]).to(self.device)
+        elif not state["pool_given"]:
+            self.pool = None
         self.pool_refreshes = state["pool_refreshes"]
         self.weight_temperature = state["weight_temperature"]
         self.losses = [tuple(entry) for entry in state["losses"]]
