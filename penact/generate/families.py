@@ -76,6 +76,15 @@ class LatentSpace:
         x = self.embed(features)
         return torch.log_softmax(x @ self.distribution.weight.T + self.distribution.bias, dim=1)
 
+    def reading(self, a: Tensor, labels: Tensor) -> tuple[float, float]:
+        """How class-clear activations ``a: [N, D]`` of classes ``labels: [N]`` are to the teacher:
+        ``(share read as their class, mean margin)``, the margin ``log p(y | a) - max_{k != y} log p(k | a)``
+        (the logit margin; negative where the teacher reads another class)."""
+        log_posterior = self.class_log_posterior(a)
+        own = log_posterior.gather(1, labels[:, None]).squeeze(1)
+        other = log_posterior.scatter(1, labels[:, None], -math.inf).max(dim=1).values
+        return float((log_posterior.argmax(dim=1) == labels).double().mean()), float((own - other).mean())
+
     def log_prior_density(self, a: Tensor, labels: Tensor | None) -> Tensor:
         """``log p(a | y)`` (labelled) or ``log p(a) = log sum_y p(y) p(a | y)`` (``labels=None``), ``[N]``."""
         if labels is None:
@@ -151,6 +160,19 @@ class Posterior:
         log_q = torch.log(class_posterior.clamp_min(torch.finfo(class_posterior.dtype).tiny))
         class_kl = (class_posterior * (log_q - self.space.distribution.log_prior)).sum(dim=1)
         return class_kl + (class_posterior * self.kl_to_classes()).sum(dim=1)
+
+
+def shuffle_within_class(a: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+    """``a: [N, D]`` with every coordinate permuted independently among the rows of each class
+    (``labels: [N]``; permutations drawn on the CPU from ``generator``): each class keeps its
+    coordinates' marginals and loses their dependence, the independence every family assumes given
+    the class (``shuffled[i, j] = a[pi_j(i), j]`` with ``pi_j`` a permutation within ``labels[i]``'s rows)."""
+    shuffled = torch.empty_like(a)
+    for c in labels.unique().tolist():
+        rows = (labels == c).nonzero().squeeze(1)
+        order = torch.rand(rows.shape[0], a.shape[1], generator=generator).argsort(dim=0).to(a.device)
+        shuffled[rows] = a[rows].gather(0, order)
+    return shuffled
 
 
 def frozen(module: nn.Module) -> nn.Module:

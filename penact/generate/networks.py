@@ -1,16 +1,31 @@
-"""The networks of the generators, sized for 8x8 digits (64 pixels in ``[0, 1]``).
+"""The networks of the generators, in two architectures: pixel MLPs (``"mlp"``, for 8x8 digits) and
+DCGAN-style convolutional networks (``"conv"``, for 28x28 MNIST).
 
 Every generative network takes a *condition* ``c: [N, K]``: for the penact models the (normalized)
 teacher activation ``a`` (K = D), for the baselines a one-hot label (K = C). Images are
-``[N, 1, 8, 8]``; decoders and generators return logits of the pixel intensities.
+``[N, 1, H, W]``; decoders and generators return logits of the pixel intensities.
+
+- ``"mlp"``: decoder ``[latent, c] -> 256 -> 256 -> H W``; discriminator features
+  ``H W -> 256 -> 256`` (LeakyReLU 0.2, spectral norm).
+- ``"conv"`` (``width`` w): decoder ``[latent, c] -> [2w, H/4, W/4]`` (linear), then two 4x4
+  transposed convolutions of stride 2 (``-> [w, H/2, W/2] -> [1, H, W]``), batch norm and ReLU
+  after every layer but the last; discriminator features: two 4x4 convolutions of stride 2
+  (``1 -> w -> 2w`` channels, ``H/4 x W/4`` left), LeakyReLU 0.2, then a linear layer to 256, every
+  layer spectrally normalized.
+
+The VAE encoders are pixel MLPs in both (an encoder is trained against one decoder, not judged; the
+penact encoder reads the teacher's convolutional features besides).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 HIDDEN = 256
+ARCHITECTURES = ("mlp", "conv")
 
 
 def _mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, wrap=lambda layer: layer) -> nn.Sequential:
@@ -22,15 +37,39 @@ def _mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, wrap=lambda la
     return nn.Sequential(*layers)
 
 
-class Decoder(nn.Module):
-    """``[latent, condition] -> 64`` pixel logits (the VAE decoder and the GAN generator). ``latent``
-    is the VAE's Gaussian code (baselines) or the GAN's noise; either may be absent (size 0)."""
+def _check_architecture(architecture: str, image_shape: tuple[int, ...]) -> None:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    if architecture == "conv" and (len(image_shape) != 3 or image_shape[1] % 4 or image_shape[2] % 4):
+        raise ValueError(f"the conv architecture needs images [C, H, W] with H and W divisible by 4, got {image_shape}")
 
-    def __init__(self, latent_size: int, condition_size: int, image_shape: tuple[int, ...] = (1, 8, 8)):
+
+class Decoder(nn.Module):
+    """``[latent, condition] -> [N, *image_shape]`` pixel logits (the VAE decoder and the GAN
+    generator). ``latent`` is the VAE's Gaussian code or the GAN's noise; either may be absent
+    (size 0). ``architecture`` and ``width``: see the module's docstring (``width`` is the conv
+    decoder's last hidden channel count; the MLP's width is ``HIDDEN``).
+
+    Raises:
+        ValueError: an unknown architecture, or a conv decoder for a side not divisible by 4.
+    """
+
+    def __init__(self, latent_size: int, condition_size: int, image_shape: tuple[int, ...] = (1, 8, 8),
+                 architecture: str = "mlp", width: int = 32):
         super().__init__()
-        self.image_shape = image_shape
+        _check_architecture(architecture, image_shape)
+        self.image_shape = tuple(image_shape)
         self.latent_size, self.condition_size = latent_size, condition_size
-        self.net = _mlp([latent_size + condition_size, HIDDEN, HIDDEN, int(torch.tensor(image_shape).prod())])
+        inputs = latent_size + condition_size
+        if architecture == "mlp":
+            self.net = _mlp([inputs, HIDDEN, HIDDEN, math.prod(image_shape)])
+            return
+        channels, height, side = image_shape[0], image_shape[1] // 4, image_shape[2] // 4
+        self.net = nn.Sequential(
+            nn.Linear(inputs, 2 * width * height * side), nn.Unflatten(1, (2 * width, height, side)),
+            nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1))
 
     def forward(self, latent: Tensor | None, condition: Tensor | None) -> Tensor:
         inputs = torch.cat([t for t in (latent, condition) if t is not None and t.shape[1] > 0], dim=1)
@@ -69,35 +108,68 @@ class FeatureEncoder(nn.Module):
         return features, self.head(torch.cat([normalize(features), images.flatten(1)], dim=1))
 
 
+def _leaky(negative_slope: float = 0.2) -> nn.LeakyReLU:
+    return nn.LeakyReLU(negative_slope)
+
+
+def discriminator_features(image_shape: tuple[int, ...], architecture: str = "mlp", width: int = 32) -> nn.Module:
+    """The discriminators' spectrally normalized trunk ``phi``: ``[N, *image_shape] -> [N, HIDDEN]``
+    (the module's docstring gives the layers of each architecture)."""
+    _check_architecture(architecture, image_shape)
+    if architecture == "mlp":
+        return nn.Sequential(nn.Flatten(), _mlp([math.prod(image_shape), HIDDEN, HIDDEN], _leaky, spectral_norm),
+                             _leaky())
+    channels, height, side = image_shape[0], image_shape[1] // 4, image_shape[2] // 4
+    return nn.Sequential(
+        spectral_norm(nn.Conv2d(channels, width, 4, stride=2, padding=1)), _leaky(),
+        spectral_norm(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)), _leaky(), nn.Flatten(),
+        spectral_norm(nn.Linear(2 * width * height * side, HIDDEN)), _leaky())
+
+
 class ProjectionDiscriminator(nn.Module):
     """``D(x, c) = psi(phi(x)) + <V c, phi(x)>`` (Miyato and Koyama 2018), spectrally normalized;
-    ``c`` is a one-hot label (baseline) or a teacher activation (penact)."""
+    ``c: [N, K]`` is a one-hot label (baseline) or a teacher activation (penact). ``forward`` returns
+    the scores ``[N]``."""
 
-    def __init__(self, condition_size: int, pixels: int = 64):
+    def __init__(self, condition_size: int, image_shape: tuple[int, ...] = (1, 8, 8), architecture: str = "mlp",
+                 width: int = 32):
         super().__init__()
-        self.features = nn.Sequential(_mlp([pixels, HIDDEN, HIDDEN], nn.LeakyReLU, spectral_norm), nn.LeakyReLU())
-        for module in self.features.modules():
-            if isinstance(module, nn.LeakyReLU):
-                module.negative_slope = 0.2
+        self.features = discriminator_features(image_shape, architecture, width)
         self.unconditional = spectral_norm(nn.Linear(HIDDEN, 1))
         self.projection = spectral_norm(nn.Linear(condition_size, HIDDEN, bias=False))
 
     def forward(self, images: Tensor, condition: Tensor) -> Tensor:
-        phi = self.features(images.flatten(1))
+        phi = self.features(images)
         return self.unconditional(phi).squeeze(1) + (self.projection(condition) * phi).sum(dim=1)
 
 
-class JudgeMLP(nn.Module):
-    """The independent judge: a pixel MLP (no convolutions, unlike the teacher), 64 -> 256 -> 64 ->
-    C. ``features`` (the 64-wide hidden layer) is the space of the Frechet distance."""
+class AuxiliaryClassifierDiscriminator(nn.Module):
+    """The AC-GAN discriminator (Odena et al. 2017): an unconditional score ``psi(phi(x))`` and class
+    logits ``U phi(x)`` from one trunk; the class head is not spectrally normalized (a norm-1 head
+    could not reach confident logits). ``forward(images)`` returns ``(scores [N], logits [N, C])``."""
 
-    FEATURES = 64
-
-    def __init__(self, num_classes: int, pixels: int = 64):
+    def __init__(self, num_classes: int, image_shape: tuple[int, ...] = (1, 8, 8), architecture: str = "mlp",
+                 width: int = 32):
         super().__init__()
-        self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(pixels, HIDDEN), nn.ReLU(), nn.Dropout(0.2),
-                                      nn.Linear(HIDDEN, self.FEATURES), nn.ReLU())
-        self.fc = nn.Linear(self.FEATURES, num_classes)
+        self.features = discriminator_features(image_shape, architecture, width)
+        self.unconditional = spectral_norm(nn.Linear(HIDDEN, 1))
+        self.classifier = nn.Linear(HIDDEN, num_classes)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        phi = self.features(images)
+        return self.unconditional(phi).squeeze(1), self.classifier(phi)
+
+
+class JudgeMLP(nn.Module):
+    """The independent judge: a pixel MLP (no convolutions, unlike the teachers), ``pixels -> hidden ->
+    features -> C`` with ReLU and dropout 0.2 after the first layer. ``features`` (the last hidden
+    layer) is the space of the Frechet distance."""
+
+    def __init__(self, num_classes: int, pixels: int = 64, hidden: int = HIDDEN, features: int = 64):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(pixels, hidden), nn.ReLU(), nn.Dropout(0.2),
+                                      nn.Linear(hidden, features), nn.ReLU())
+        self.fc = nn.Linear(features, num_classes)
 
     def features(self, images: Tensor) -> Tensor:
         return self.backbone(images)

@@ -26,6 +26,7 @@ activation under the class it was generated for, relative to the class mixture.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..training import IntervalMeans, synchronize
 from .families import LatentSpace, frozen
-from .networks import Decoder, FeatureEncoder, GaussianEncoder, ProjectionDiscriminator
+from .networks import AuxiliaryClassifierDiscriminator, Decoder, FeatureEncoder, GaussianEncoder, ProjectionDiscriminator
 
 KINDS = ("vae", "gan")
 MODES = ("onehot", "labelled", "free")
@@ -56,6 +57,9 @@ class TrainConfig:
     consistency: float = 5.0   # weight of the penact GAN's consistency term
     kl_warmup: float = 0.5     # the VAE's KL weight rises linearly from 0 to 1 over this share of its steps
     free_kl: str = "joint"     # the label-free VAE's KL: "joint" or "mixture" (LatentSpace's Posterior.kl)
+    architecture: str = "mlp"  # the decoders' and discriminators': "mlp" or "conv" (penact.generate.networks)
+    width: int = 32            # the conv networks' channels (the decoder's last hidden layer, the discriminator's first)
+    onehot_discriminator: str = "projection"  # the one-hot GAN's: "projection" or "auxiliary" (AC-GAN)
 
 
 def parse_model(name: str) -> tuple[str, str]:
@@ -66,8 +70,8 @@ def parse_model(name: str) -> tuple[str, str]:
 
 
 class ConditionalGenerator(nn.Module):
-    """A trained model's sampler: ``generate(labels) -> images [N, 1, 8, 8]`` in ``[0, 1]``, on the
-    decoder's device."""
+    """A trained model's sampler: ``generate(labels) -> images [N, *image_shape]`` in ``[0, 1]``, on
+    the decoder's device."""
 
     def __init__(self, decoder: Decoder, space: LatentSpace | None, num_classes: int, latent_size: int):
         super().__init__()
@@ -108,14 +112,15 @@ def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch
 def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images: Tensor, labels: Tensor | None,
                 config: TrainConfig, seed: int, progress: bool = True, *, device: torch.device | str | None = None,
                 log_every: int = 100) -> TrainResult:
-    """Trains model ``name`` on ``images [N, 1, 8, 8]`` in ``[0, 1]`` on ``device`` (default: the
+    """Trains model ``name`` on ``images [N, 1, H, W]`` in ``[0, 1]`` on ``device`` (default: the
     teacher's; the teacher, ``images``, ``labels`` and ``space`` are moved there).
 
     ``labels`` are required for the ``onehot`` and ``labelled`` modes and refused for ``free``
     (so the label-free models provably never see them). ``space`` (the teacher's latent space) is
     required for the penact modes. Randomness (initialization, batches, draws) follows ``seed``;
     the initialization is drawn on the CPU, the same on every device. The progress bar shows the
-    mean losses over each ``log_every`` steps; ``final_losses`` are the last step's.
+    mean losses over each ``log_every`` steps; ``final_losses`` are the last step's. The networks
+    follow ``config.architecture`` at the images' size (``penact.generate.networks``).
     """
     kind, mode = parse_model(name)
     if log_every < 1:
@@ -134,7 +139,8 @@ def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images
     labels = labels.to(device) if labels is not None else None
     space = space.to(device) if space is not None else None
     num_classes = teacher.fc.out_features
-    trainer = (_VAETrainer if kind == "vae" else _GANTrainer)(teacher, space, num_classes, config, draws, seeds)
+    trainer = (_VAETrainer if kind == "vae" else _GANTrainer)(teacher, space, num_classes, config, draws, seeds,
+                                                              tuple(images.shape[1:]))
     steps = config.vae_steps if kind == "vae" else config.gan_steps
     started = time.perf_counter()
     bar = tqdm(range(steps), desc=name + (f" ({space.family})" if space else ""), unit="step", disable=not progress,
@@ -154,17 +160,22 @@ def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images
     return TrainResult(trainer.sampler(), seconds, {part: float(loss) for part, loss in losses.items()})
 
 
+def _decoder(config: TrainConfig, latent_size: int, condition_size: int, image_shape: tuple[int, ...]) -> Decoder:
+    return Decoder(latent_size, condition_size, image_shape, config.architecture, config.width)
+
+
 class _VAETrainer:
-    def __init__(self, teacher, space, num_classes, config, generator, seeds):
+    def __init__(self, teacher, space, num_classes, config, generator, seeds, image_shape):
         self.space, self.generator, self.seeds = space, generator, seeds
         device = teacher.fc.weight.device
+        pixels = math.prod(image_shape)
         if space is None:
-            self.encoder = GaussianEncoder(config.latent_size, num_classes).to(device)
-            self.decoder = Decoder(config.latent_size, num_classes).to(device)
+            self.encoder = GaussianEncoder(config.latent_size, num_classes, pixels).to(device)
+            self.decoder = _decoder(config, config.latent_size, num_classes, image_shape).to(device)
         else:
             self.encoder = FeatureEncoder(teacher.backbone, space.dim,
-                                          space.posterior_size + 2 * config.latent_size).to(device)
-            self.decoder = Decoder(config.latent_size, space.dim).to(device)
+                                          space.posterior_size + 2 * config.latent_size, pixels).to(device)
+            self.decoder = _decoder(config, config.latent_size, space.dim, image_shape).to(device)
         self.latent_size = config.latent_size
         self.model = ConditionalGenerator(self.decoder, space, num_classes, config.latent_size)
         parameters = [p for m in (self.encoder, self.decoder) for p in m.parameters() if p.requires_grad]
@@ -211,18 +222,31 @@ class _VAETrainer:
 
 
 class _GANTrainer:
-    def __init__(self, teacher, space, num_classes, config, generator, seeds):
+    def __init__(self, teacher, space, num_classes, config, generator, seeds, image_shape):
         self.teacher, self.space, self.generator, self.seeds = teacher, space, generator, seeds
         self.consistency = config.consistency
         condition_size = num_classes if space is None else space.dim
         self.noise_size = config.noise_size
         device = teacher.fc.weight.device
-        self.decoder = Decoder(config.noise_size, condition_size).to(device)
+        self.decoder = _decoder(config, config.noise_size, condition_size, image_shape).to(device)
         self.model = ConditionalGenerator(self.decoder, space, num_classes, config.noise_size)
-        self.discriminator = ProjectionDiscriminator(condition_size).to(device)
+        self.auxiliary = space is None and config.onehot_discriminator == "auxiliary"
+        networks = (image_shape, config.architecture, config.width)
+        self.discriminator = (AuxiliaryClassifierDiscriminator(num_classes, *networks) if self.auxiliary
+                              else ProjectionDiscriminator(condition_size, *networks)).to(device)
         self.g_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.gan_lr, betas=(0.5, 0.999))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.discriminator_lr,
                                             betas=(0.5, 0.999))
+
+    def _discriminate(self, images: Tensor, condition: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The discriminator's scores ``[N]`` of ``images`` and its class loss: the AC-GAN's
+        cross-entropy of its class head against ``labels`` (for real images the discriminator learns
+        it, for generated ones the generator), zero for a projection discriminator, which reads the
+        ``condition`` instead."""
+        if not self.auxiliary:
+            return self.discriminator(images, condition), images.new_zeros(())
+        scores, logits = self.discriminator(images)
+        return scores, F.cross_entropy(logits, labels)
 
     def step(self, images: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         """One discriminator and one generator step; returns their losses, detached scalars on the device."""
@@ -242,13 +266,15 @@ class _GANTrainer:
         noise = torch.randn(count, self.noise_size, generator=self.generator, device=device)
         fake = torch.sigmoid(self.decoder(noise, fake_condition))
 
-        d_loss = (F.relu(1 - self.discriminator(images, real_condition)).mean()
-                  + F.relu(1 + self.discriminator(fake.detach(), fake_condition)).mean())
+        real_score, real_class = self._discriminate(images, real_condition, labels)
+        fake_score, _ = self._discriminate(fake.detach(), fake_condition, fake_labels)
+        d_loss = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean() + real_class
         self.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         self.d_optimizer.step()
 
-        g_loss = -self.discriminator(fake, fake_condition).mean()
+        fake_score, fake_class = self._discriminate(fake, fake_condition, fake_labels)
+        g_loss = -fake_score.mean() + fake_class
         losses = {"d": d_loss.detach(), "g": g_loss.detach()}
         if self.space is not None and self.consistency > 0:
             log_reading = self.space.class_log_posterior(self.teacher.features(fake))
