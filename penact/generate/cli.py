@@ -252,6 +252,7 @@ def run(args: argparse.Namespace, config: TrainConfig, settings: dict, name: str
             images = result.generator.generate(eval_labels, generator)
             scores = judges.score(images, eval_labels)
             records.append({"model": model, "family": family, "seed": seed, "train_seconds": result.seconds,
+                            "train_cpu_seconds": result.cpu_seconds,
                             "final_losses": result.final_losses, **asdict(scores)})
             if seed == 0:
                 _save_grid(images.cpu(), eval_labels.cpu(), min(10, per_class),

@@ -96,7 +96,8 @@ class ConditionalGenerator(nn.Module):
 @dataclass
 class TrainResult:
     generator: ConditionalGenerator
-    seconds: float
+    seconds: float       # wall time of the training loop
+    cpu_seconds: float   # the process's CPU time in it (all threads): the loop's cost on a machine shared with other work
     final_losses: dict
 
 
@@ -142,7 +143,7 @@ def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images
     trainer = (_VAETrainer if kind == "vae" else _GANTrainer)(teacher, space, num_classes, config, draws, seeds,
                                                               tuple(images.shape[1:]))
     steps = config.vae_steps if kind == "vae" else config.gan_steps
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     bar = tqdm(range(steps), desc=name + (f" ({space.family})" if space else ""), unit="step", disable=not progress,
                leave=False)
     interval = IntervalMeans()
@@ -156,8 +157,8 @@ def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images
                 bar.set_postfix({k: f"{v:.3g}" for k, v in interval.read().items()})
     bar.close()
     synchronize(device)  # the clock stops when the GPU has run the last step, not when it was queued
-    seconds = time.perf_counter() - started
-    return TrainResult(trainer.sampler(), seconds, {part: float(loss) for part, loss in losses.items()})
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    return TrainResult(trainer.sampler(), seconds, cpu_seconds, {part: float(loss) for part, loss in losses.items()})
 
 
 def _decoder(config: TrainConfig, latent_size: int, condition_size: int, image_shape: tuple[int, ...]) -> Decoder:
