@@ -200,6 +200,20 @@ def test_generate_command_writes_its_report(tmp_path, device):
     assert grids == ["gan-labelled-rectified.png", "real-test.png", "vae-free-rectified.png", "vae-onehot.png"]
 
 
+def test_worker_processes_give_the_results_of_one_process(tmp_path):
+    """--jobs 2: the same scores, seed by seed, as --jobs 1 (every task draws from its own streams)."""
+    reports = []
+    for jobs in (1, 2):
+        assert cli.main(["generate", "--seeds", "2", "--teacher-epochs", "1", "--judge-epochs", "1", "--vae-steps", "2",
+                         "--gan-steps", "2", "--per-class", "3", "--models", "vae-free,gan-onehot",
+                         "--families", "sphere", "--jobs", str(jobs), "--out", str(tmp_path), "--name", f"jobs{jobs}",
+                         "--no-progress"]) == 0
+        report = json.loads((tmp_path / f"jobs{jobs}.json").read_text())
+        reports.append(([{k: v for k, v in r.items() if not k.startswith("train_")} for r in report["records"]],
+                        report["references"]))
+    assert reports[0] == reports[1]
+
+
 @pytest.fixture
 def fake_mnist(monkeypatch):
     """MNIST's shapes (28x28, 10 classes) at 120 + 40 random images: ``penact generate --dataset

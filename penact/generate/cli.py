@@ -20,11 +20,14 @@ import dataclasses
 import datetime
 import json
 import math
+import multiprocessing
 import os
+import resource
 import shlex
 import statistics
 import sys
 import time
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -116,7 +119,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="load and save the teachers there")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default=None, help="file stem (default: generate[-<dataset>]-<date>)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (of each worker with --jobs > 1: default 1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes for the seeds and models, CPU only (default: %(default)s; on a "
+                             "2-core CPU --jobs 2 keeps both cores busy, which one process's small ops do not)")
     add_device_argument(parser)
     parser.add_argument("--log-every", type=int, default=100,
                         help="steps between readings of the losses (default: %(default)s)")
@@ -208,60 +215,140 @@ def _split(data, validation_size: int, validation: bool):
     return data.train_images[kept], data.train_labels[kept], data.train_images[held], data.train_labels[held]
 
 
+@dataclass
+class Split:
+    """The images of a run, on its device: training images and the reference (test or validation) split."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+
+
+@dataclass
+class SeedSetup:
+    """What every model of a seed shares: the teacher, the judges, the fitted latent spaces and the
+    seed's reference scores (teacher and judge accuracy, real images, the conditions' clarity)."""
+
+    seed: int
+    teacher: torch.nn.Module
+    judges: Judges
+    spaces: dict
+    reference: dict
+
+
+def prepare_seed(args: argparse.Namespace, settings: dict, split: Split, seed: int) -> SeedSetup:
+    """The seed's teacher (``prepare_teacher``), judge (trained here), families and references."""
+    recipe = RECIPES[args.dataset]
+    teacher = prepare_teacher(seed, settings["teacher_epochs"], cache_dir=args.cache_dir, device=args.device,
+                              dataset=args.dataset)
+    torch.manual_seed(stream_seed(seed, "judge"))
+    judge = JudgeMLP(split.num_classes, math.prod(split.train_images.shape[1:]), *recipe.judge_widths).to(args.device)
+    train_classifier(judge, split.train_images, split.train_labels, settings["judge_epochs"],
+                     seed=stream_seed(seed, "judge"), progress=False, **recipe.judge_options)
+    judges = Judges(teacher, judge, split.test_images, split.test_labels)
+    # Real training images scored like a generated set of the same size: the floor of each score.
+    real = _balanced(split.train_labels, settings["per_class"], torch.Generator().manual_seed(stream_seed(seed, "real")))
+    reference = {"seed": seed, "teacher_test_accuracy": accuracy(teacher, split.test_images, split.test_labels),
+                 "judge_test_accuracy": accuracy(judge, split.test_images, split.test_labels),
+                 "real_train_split": asdict(judges.score(split.train_images[real], split.train_labels[real]))}
+    with torch.no_grad():
+        features = teacher.features(split.train_images)
+    families = dict.fromkeys(f for _, f in _runs(args.models, args.families) if f is not None)
+    spaces = {family: LatentSpace(fit_distribution(family, teacher, split.train_images, split.train_labels))
+              for family in families}
+    reference["condition_clarity"] = {family: condition_clarity(space, features, split.train_labels, seed)
+                                      for family, space in spaces.items()}
+    return SeedSetup(seed, teacher, judges, spaces, reference)
+
+
+def train_and_score(args: argparse.Namespace, settings: dict, split: Split, config: TrainConfig, setup: SeedSetup,
+                    model: str, family: str | None) -> tuple[dict, torch.Tensor]:
+    """Trains ``model`` (of ``family``) for the seed of ``setup``; its record and its generated images
+    (``per_class`` of every class, on the CPU)."""
+    seed, mode = setup.seed, parse_model(model)[1]
+    result = train_model(model, setup.teacher, setup.spaces.get(family), split.train_images,
+                         None if mode == "free" else split.train_labels, config, seed=stream_seed(seed, model, family),
+                         progress=not args.no_progress and args.jobs == 1, log_every=args.log_every)
+    labels = torch.arange(split.num_classes, device=args.device).repeat_interleave(settings["per_class"])
+    images = result.generator.generate(labels, torch.Generator().manual_seed(stream_seed(seed, model, family, "evaluate")))
+    record = {"model": model, "family": family, "seed": seed, "train_seconds": result.seconds,
+              "train_cpu_seconds": result.cpu_seconds, "final_losses": result.final_losses,
+              **asdict(setup.judges.score(images, labels))}
+    return record, images.cpu()
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(threads: int, shared: tuple) -> None:
+    """A worker process: one torch thread per worker (the workers share the cores), and the run's
+    arguments and images, inherited from the parent at the fork rather than pickled."""
+    torch.set_num_threads(threads)
+    _WORKER["shared"] = shared
+
+
+def _in_worker(task, *arguments):
+    return task(*_WORKER["shared"], *arguments)
+
+
+class _InProcess:
+    """The executor of ``--jobs 1``: each task runs at once, in this process."""
+
+    def __init__(self, shared: tuple):
+        self.shared = shared
+
+    def submit(self, task, *arguments) -> Future:
+        future = Future()
+        future.set_result(task(*self.shared, *arguments))
+        return future
+
+    def shutdown(self) -> None:
+        pass
+
+
 def run(args: argparse.Namespace, config: TrainConfig, settings: dict, name: str) -> dict:
     """Every seed and model on ``args.device``: teachers, judges, families, training, generation and
-    scores there (the real images are moved there; the grids are drawn from CPU copies)."""
+    scores there (the real images are moved there; the grids are drawn from CPU copies).
+
+    With ``args.jobs > 1`` the seeds' preparations, then the models, run as tasks in that many worker
+    processes (CPU only), each on ``args.threads`` threads (default 1). Every task draws from its own
+    seeded streams, so the results are those of ``--jobs 1``; the longest tasks (the GANs) go first."""
     spec, recipe = get_dataset(args.dataset), RECIPES[args.dataset]
     data = spec.load()
-    device = args.device
-    train_images, train_labels, test_images, test_labels = (
-        t.to(device) for t in _split(data, recipe.validation_size, args.validation))
+    split = Split(*(t.to(args.device) for t in _split(data, recipe.validation_size, args.validation)),
+                  num_classes=data.num_classes)
+    shared = (args, settings, split)
+    if args.jobs == 1:
+        executor = _InProcess(shared)
+        submit = lambda task, *arguments: executor.submit(task, *arguments)  # noqa: E731
+    else:
+        executor = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_start_worker, initargs=(args.threads or 1, shared))
+        submit = lambda task, *arguments: executor.submit(_in_worker, task, *arguments)  # noqa: E731
+    seeds = range(settings["seeds"])
+    setups = [future.result() for future in [submit(prepare_seed, seed) for seed in seeds]]
     runs = _runs(args.models, args.families)
-    num_classes = data.num_classes
-    per_class = settings["per_class"]
-    eval_labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
-    records, references = [], []
-    bar = tqdm(total=settings["seeds"] * len(runs), desc="generate", unit="model", disable=args.no_progress)
-    for seed in range(settings["seeds"]):
-        teacher = prepare_teacher(seed, settings["teacher_epochs"], cache_dir=args.cache_dir, device=device,
-                                  dataset=args.dataset)
-        torch.manual_seed(stream_seed(seed, "judge"))
-        judge = JudgeMLP(num_classes, math.prod(train_images.shape[1:]), *recipe.judge_widths).to(device)
-        train_classifier(judge, train_images, train_labels, settings["judge_epochs"], seed=stream_seed(seed, "judge"),
-                         progress=False, **recipe.judge_options)
-        judges = Judges(teacher, judge, test_images, test_labels)
-        # Real training images scored like a generated set of the same size: the floor of each score.
-        real = _balanced(train_labels, per_class, torch.Generator().manual_seed(stream_seed(seed, "real")))
-        references.append({"seed": seed, "teacher_test_accuracy": accuracy(teacher, test_images, test_labels),
-                           "judge_test_accuracy": accuracy(judge, test_images, test_labels),
-                           "real_train_split": asdict(judges.score(train_images[real], train_labels[real]))})
-        with torch.no_grad():
-            features = teacher.features(train_images)
-        spaces = {family: LatentSpace(fit_distribution(family, teacher, train_images, train_labels))
-                  for family in dict.fromkeys(f for _, f in runs if f is not None)}
-        references[-1]["condition_clarity"] = {family: condition_clarity(space, features, train_labels, seed)
-                                               for family, space in spaces.items()}
-        for model, family in runs:
-            bar.set_postfix_str(f"seed {seed} {_label(model, family)}")
-            mode = parse_model(model)[1]
-            result = train_model(model, teacher, spaces.get(family), train_images,
-                                 None if mode == "free" else train_labels, config,
-                                 seed=stream_seed(seed, model, family), progress=not args.no_progress,
-                                 log_every=args.log_every)
-            generator = torch.Generator().manual_seed(stream_seed(seed, model, family, "evaluate"))
-            images = result.generator.generate(eval_labels, generator)
-            scores = judges.score(images, eval_labels)
-            records.append({"model": model, "family": family, "seed": seed, "train_seconds": result.seconds,
-                            "train_cpu_seconds": result.cpu_seconds,
-                            "final_losses": result.final_losses, **asdict(scores)})
-            if seed == 0:
-                _save_grid(images.cpu(), eval_labels.cpu(), min(10, per_class),
-                           args.out / name / f"{model}{'' if family is None else '-' + family}.png")
-            bar.update(1)
-            bar.set_postfix_str(f"{_label(model, family)}: judge {100 * scores.judge_fidelity:.1f}%")
+    tasks = sorted(((seed, index) for seed in seeds for index in range(len(runs))),
+                   key=lambda task: parse_model(runs[task[1]][0])[0] != "gan")
+    futures = {submit(train_and_score, config, setups[seed], *runs[index]): (seed, index) for seed, index in tasks}
+    results = {}
+    bar = tqdm(total=len(futures), desc="generate", unit="model", disable=args.no_progress)
+    for future in as_completed(futures):
+        results[futures[future]] = record, images = future.result()
+        bar.update(1)
+        bar.set_postfix_str(f"seed {record['seed']} {_label(record['model'], record['family'])}: "
+                            f"judge {100 * record['judge_fidelity']:.1f}%")
     bar.close()
-    _save_grid(test_images.cpu(), test_labels.cpu(), 10, args.out / name / "real-test.png")
-    return {"records": records, "references": references}
+    executor.shutdown()
+    eval_labels = torch.arange(split.num_classes).repeat_interleave(settings["per_class"])
+    for index, (model, family) in enumerate(runs):
+        _save_grid(results[0, index][1], eval_labels, min(10, settings["per_class"]),
+                   args.out / name / f"{model}{'' if family is None else '-' + family}.png")
+    _save_grid(split.test_images.cpu(), split.test_labels.cpu(), 10, args.out / name / "real-test.png")
+    return {"records": [results[seed, index][0] for seed in seeds for index in range(len(runs))],
+            "references": [setup.reference for setup in setups]}
 
 
 METRICS = ("teacher_fidelity", "judge_fidelity", "frechet", "diversity", "train_seconds")
@@ -342,8 +429,8 @@ def _markdown(summary: dict, command: str, settings: dict, name: str) -> str:
     split = "a validation split held out from the training images" if summary["validation"] else "the test split"
     lines = [f"# Generator transfer on {summary['dataset']} ({summary['date']})", "",
              f"Command: `{command}`  ", f"Commit: `{summary['commit']}`, torch {summary['torch']}, "
-             f"{summary['threads']} threads, on {summary['device']}  ",
-             f"Wall time {summary['wall_seconds'] / 60:.1f} min, process CPU time {summary['cpu_seconds'] / 60:.1f} min; "
+             f"{summary['jobs']} process(es) of {summary['threads']} thread(s), on {summary['device']}  ",
+             f"Wall time {summary['wall_seconds'] / 60:.1f} min, CPU time {summary['cpu_seconds'] / 60:.1f} min (all processes); "
              f"load average {summary['load_before']:.1f} before, {summary['load_after']:.1f} after (other work "
              "shares the machine)  ",
              "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
@@ -373,22 +460,31 @@ def _markdown(summary: dict, command: str, settings: dict, name: str) -> str:
     return "\n".join(lines)
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished worker processes."""
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config, settings = resolve(args)
     if settings["seeds"] < 1 or settings["per_class"] < 2:
         raise SystemExit("penact generate: --seeds must be >= 1 and --per-class >= 2")
+    if args.jobs < 1 or (args.jobs > 1 and args.device.type != "cpu"):
+        raise SystemExit("penact generate: --jobs must be >= 1, and 1 on a GPU (one process keeps it busy)")
     stem = "generate" if args.dataset == "digits" else f"generate-{args.dataset}"
     name = args.name or f"{stem}-{datetime.date.today().isoformat()}"
-    load_before, wall, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
+    load_before, wall, cpu = os.getloadavg()[0], time.perf_counter(), _cpu_seconds()
     results = run(args, config, settings, name)
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     table = summarize(results["records"])
     summary = {"date": datetime.date.today().isoformat(), "dataset": args.dataset, "validation": args.validation,
-               "commit": commit, "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "commit": commit, "torch": torch.__version__, "jobs": args.jobs,
+               "threads": torch.get_num_threads() if args.jobs == 1 else args.threads or 1,
                "device": device_name(args.device), "wall_seconds": time.perf_counter() - wall,
-               "cpu_seconds": time.process_time() - cpu, "load_before": load_before,
+               "cpu_seconds": _cpu_seconds() - cpu, "load_before": load_before,
                "load_after": os.getloadavg()[0], "table": table,
                "targets": targets(results["records"], table, args.families, RECIPES[args.dataset].fidelity_targets),
                **results}
