@@ -18,10 +18,9 @@ from penact import PenultimateDistribution, RectifiedDistribution, cli, experime
 from penact.data import MnistSplit
 from penact.generate import LatentSpace, TrainConfig, frechet_distance, train_model
 from penact.generate import cli as generate_cli
-from penact.generate.families import shuffle_within_class
+from penact.generate.families import SPREAD, calibrated, shuffle_within_class, with_spread
 from penact.generate.metrics import Judges, mean_pairwise_distance
-from penact.generate.networks import (AuxiliaryClassifierDiscriminator, Decoder, FeatureEncoder, JudgeMLP,
-                                      ProjectionDiscriminator)
+from penact.generate.networks import DISCRIMINATORS, Decoder, Discriminator, FeatureEncoder, JudgeMLP
 from penact.generate.trainers import MODELS, parse_model
 from penact.models import lenet5, teacher_cnn
 
@@ -232,11 +231,12 @@ def test_mnist_command_uses_conv_networks_and_its_validation_split(tmp_path, fak
     code = cli.main(["generate", "--dataset", "mnist", "--validation", "--seeds", "2", "--teacher-epochs", "1",
                      "--judge-epochs", "1", "--vae-steps", "2", "--gan-steps", "2", "--per-class", "2", "--width", "4",
                      "--models", "vae-labelled,gan-onehot,gan-labelled", "--families", "sphere",
-                     "--onehot-discriminator", "auxiliary", "--out", str(tmp_path), "--name", "tiny", "--no-progress"])
+                     "--discriminator", "both", "--fit", "calibrated", "--out", str(tmp_path), "--name", "tiny", "--no-progress"])
     assert code == 0
     report = json.loads((tmp_path / "tiny.json").read_text())
     assert report["dataset"] == "mnist" and report["validation"]
-    assert report["settings"]["architecture"] == "conv" and report["settings"]["onehot_discriminator"] == "auxiliary"
+    assert report["settings"]["architecture"] == "conv" and report["settings"]["discriminator"] == "both"
+    assert all(0.25 <= r["spread_factor"]["sphere"] <= 4 for r in report["references"])
     assert [v["target"] for v in report["targets"]] == [  # no vae-onehot: no twin for vae-labelled
         "gan-labelled (sphere) judge fidelity at least gan-onehot's (paired, within 2 se)",
         "gan-labelled (sphere) Frechet distance at most gan-onehot's (paired, within 2 se)"]
@@ -278,10 +278,15 @@ def test_networks_map_images_and_conditions_to_their_shapes(architecture, shape)
     decoder = Decoder(3, 5, shape, architecture, width=4)
     images = torch.sigmoid(decoder(torch.randn(6, 3), torch.randn(6, 5)))
     assert images.shape == (6, *shape)
-    projection = ProjectionDiscriminator(5, shape, architecture, width=4)
-    assert projection(images, torch.randn(6, 5)).shape == (6,)
-    scores, logits = AuxiliaryClassifierDiscriminator(10, shape, architecture, width=4)(images)
-    assert scores.shape == (6,) and logits.shape == (6, 10)
+    condition = torch.randn(6, 5)
+    for heads in DISCRIMINATORS:
+        scores, logits = Discriminator(5, 10, heads, shape, architecture, width=4)(images, condition)
+        assert scores.shape == (6,) and (logits is None) == (heads == "projection")
+        assert logits is None or logits.shape == (6, 10)
+    # The auxiliary-only discriminator does not read the condition (eval: spectral norm's power
+    # iteration would move between the two calls).
+    auxiliary = Discriminator(5, 10, "auxiliary", shape, architecture, width=4).eval()
+    torch.testing.assert_close(auxiliary(images, condition)[0], auxiliary(images, torch.zeros(6, 5))[0])
     assert any(isinstance(m, nn.ConvTranspose2d) for m in decoder.modules()) == (architecture == "conv")
 
 
@@ -289,12 +294,14 @@ def test_conv_networks_refuse_sides_not_divisible_by_four():
     with pytest.raises(ValueError, match="divisible by 4"):
         Decoder(3, 5, (1, 30, 30), "conv")
     with pytest.raises(ValueError, match="architecture must be one of"):
-        ProjectionDiscriminator(5, (1, 8, 8), "resnet")
+        Discriminator(5, 10, "projection", (1, 8, 8), "resnet")
+    with pytest.raises(ValueError, match="heads must be one of"):
+        Discriminator(5, 10, "projected")
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_trains_at_28x28_with_conv_networks(name, device):
-    """The LeNet-5 teacher on 28x28 images, conv decoders and discriminators, both one-hot GANs."""
+    """The LeNet-5 teacher on 28x28 images, conv decoders and every discriminator's heads."""
     torch.manual_seed(0)
     teacher = lenet5()
     images, labels = torch.rand(30, 1, 28, 28), torch.arange(10).repeat(3)
@@ -303,9 +310,9 @@ def test_every_model_trains_at_28x28_with_conv_networks(name, device):
     spaces = {"sphere": LatentSpace(PenultimateDistribution.fit(teacher.fc, features, labels, radius="norm")),
               "rectified": LatentSpace(RectifiedDistribution.fit(teacher.fc, features, labels))}
     mode = parse_model(name)[1]
-    heads = ["projection", "auxiliary"] if name == "gan-onehot" else ["projection"]
+    heads = list(DISCRIMINATORS) if parse_model(name)[0] == "gan" else ["projection"]
     for family, head in [(f, h) for f in ([None] if mode == "onehot" else list(spaces)) for h in heads]:
-        config = dataclasses.replace(TINY, architecture="conv", width=4, onehot_discriminator=head)
+        config = dataclasses.replace(TINY, architecture="conv", width=4, discriminator=head, style_weight=4.0)
         runs = [train_model(name, teacher, spaces.get(family), images, None if mode == "free" else labels, config,
                             seed=5, progress=False, device=device).generator.generate(
                     torch.arange(10), torch.Generator().manual_seed(2)) for _ in range(2)]
@@ -337,3 +344,31 @@ def test_reading_counts_the_teachers_hits_and_margins(np_rng):
 
 def test_judge_is_another_architecture():
     assert not any(isinstance(m, nn.Conv2d) for m in JudgeMLP(10).modules())
+
+
+@pytest.mark.parametrize("family", [0, 1], ids=["sphere", "rectified"])
+def test_calibrated_fit_matches_the_real_margin_and_keeps_the_classifier(np_rng, family):
+    """Real activations drawn from the family at twice its spread: the calibration finds a factor
+    whose draws have their margin, and the weights (the GD pair's classifier) are untouched."""
+    space = _spaces(np_rng, dim=6, classes=3)[family]
+    distribution = space.distribution
+    labels = torch.arange(3).repeat_interleave(2000)
+    generator = torch.Generator().manual_seed(int(np_rng.integers(2**62)))
+    real = with_spread(distribution, 2.0).sample(labels, generator=generator)
+    fitted, factor = calibrated(distribution, real, labels, seed=3, per_class=2000)
+    target = LatentSpace(distribution).reading(distribution.support(real), labels)[1]
+    draws = LatentSpace(fitted).prior_sample(labels, torch.Generator().manual_seed(3))
+    assert LatentSpace(fitted).reading(draws, labels)[1] == pytest.approx(target, abs=1e-3)
+    assert factor > 1  # the real draws lie further out than those of the spread they are measured against
+    assert torch.equal(fitted.weight, distribution.weight) and torch.equal(fitted.bias, distribution.bias)
+    assert getattr(distribution, SPREAD[distribution.name]) is not getattr(fitted, SPREAD[distribution.name])
+
+
+def test_with_spread_refuses_a_family_it_does_not_know(np_rng):
+    class Other(PenultimateDistribution):
+        name = "other"
+
+    distribution = _spaces(np_rng)[0].distribution
+    other = Other(distribution.weight, distribution.bias, radius=1.0)
+    with pytest.raises(ValueError, match="no spread parameter"):
+        with_spread(other, 2.0)

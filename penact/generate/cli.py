@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 from .._random import stream_seed
 from ..experiments import DATASETS, add_device_argument, device_name, fit_distribution, get_dataset, git, prepare_teacher
 from ..models import accuracy, train_classifier
-from .families import FAMILIES, LatentSpace, shuffle_within_class
+from .families import FAMILIES, LatentSpace, calibrated, shuffle_within_class
 from .metrics import Judges
-from .networks import JudgeMLP
+from .networks import DISCRIMINATORS, JudgeMLP
 from .trainers import MODELS, TrainConfig, parse_model, train_model
 
 
@@ -57,6 +57,7 @@ class Recipe:
     fidelity_targets: dict
     quick: dict
     judge_options: dict = field(default_factory=dict)
+    fit: str = "mle"
 
 
 RECIPES = {
@@ -67,7 +68,7 @@ RECIPES = {
     # MNIST: conv networks; steps and widths chosen on the validation split within the 2-core CPU
     # budget (docs/generate.md).
     "mnist": Recipe(TrainConfig(vae_steps=1500, gan_steps=1000, architecture="conv", width=32,
-                                discriminator_lr=2e-4, onehot_discriminator="projection"),
+                                discriminator_lr=2e-4, discriminator="projection"),
                     judge_epochs=8, judge_widths=(512, 128), validation_size=10000,
                     fidelity_targets={"sphere": 0.95, "rectified": 0.90},
                     quick={"seeds": 1, "teacher_epochs": 2, "judge_epochs": 2, "vae_steps": 200, "gan_steps": 150,
@@ -77,8 +78,8 @@ RECIPES = {
 
 # Options whose default comes from the data set's recipe (its TrainConfig, or the recipe itself).
 CONFIG_OPTIONS = ("vae_steps", "gan_steps", "batch_size", "discriminator_lr", "consistency", "free_kl", "width",
-                  "onehot_discriminator")
-RUN_OPTIONS = ("seeds", "teacher_epochs", "judge_epochs", "per_class")
+                  "discriminator", "style_weight")
+RUN_OPTIONS = ("seeds", "teacher_epochs", "judge_epochs", "per_class", "fit")
 
 
 def _choices(allowed: tuple[str, ...]):
@@ -105,8 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None, help="the conv networks' channels " + recipe)
     parser.add_argument("--discriminator-lr", type=float, default=None,
                         help="the GAN discriminator's Adam learning rate (the generator's is 2e-4) " + recipe)
-    parser.add_argument("--onehot-discriminator", choices=("projection", "auxiliary"), default=None,
-                        help="the one-hot GAN's discriminator " + recipe)
+    parser.add_argument("--discriminator", choices=DISCRIMINATORS, default=None,
+                        help="every GAN's discriminator heads " + recipe)
+    parser.add_argument("--style-weight", type=float, default=None,
+                        help="the weight of the VAE style code's KL " + recipe)
+    parser.add_argument("--fit", choices=("mle", "calibrated"), default=None,
+                        help="the families' fit: maximum likelihood, or its spread rescaled so that the draws are "
+                             "as class-clear as the real activations (penact.generate.families.calibrated) " + recipe)
     parser.add_argument("--consistency", type=float, default=None,
                         help="weight of the penact GAN's consistency term " + recipe)
     parser.add_argument("--free-kl", choices=("joint", "mixture"), default=None,
@@ -137,7 +143,7 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     recipe = RECIPES[args.dataset]
     quick = recipe.quick if args.quick else {}
     base = {"seeds": 3, "teacher_epochs": get_dataset(args.dataset).teacher_epochs, "per_class": 100,
-            "judge_epochs": recipe.judge_epochs, **asdict(recipe.config)}
+            "judge_epochs": recipe.judge_epochs, "fit": recipe.fit, **asdict(recipe.config)}
     chosen = {name: getattr(args, name) if getattr(args, name) is not None else quick.get(name, base[name])
               for name in CONFIG_OPTIONS + RUN_OPTIONS}
     config = dataclasses.replace(recipe.config, **{name: chosen[name] for name in CONFIG_OPTIONS})
@@ -256,8 +262,13 @@ def prepare_seed(args: argparse.Namespace, settings: dict, split: Split, seed: i
     with torch.no_grad():
         features = teacher.features(split.train_images)
     families = dict.fromkeys(f for _, f in _runs(args.models, args.families) if f is not None)
-    spaces = {family: LatentSpace(fit_distribution(family, teacher, split.train_images, split.train_labels))
-              for family in families}
+    spaces = {}
+    for family in families:
+        distribution = fit_distribution(family, teacher, split.train_images, split.train_labels)
+        if settings["fit"] == "calibrated":
+            distribution, factor = calibrated(distribution, features, split.train_labels, stream_seed(seed, "fit"))
+            reference.setdefault("spread_factor", {})[family] = factor
+        spaces[family] = LatentSpace(distribution)
     reference["condition_clarity"] = {family: condition_clarity(space, features, split.train_labels, seed)
                                       for family, space in spaces.items()}
     return SeedSetup(seed, teacher, judges, spaces, reference)

@@ -162,6 +162,52 @@ class Posterior:
         return class_kl + (class_posterior * self.kl_to_classes()).sum(dim=1)
 
 
+# The base-measure parameter of each family that sets how far its draws lie along their class's
+# weight, the one a calibrated fit rescales: the sphere's radius (kappa_y = r ||w_y||) and the
+# rectified family's scales (the non-zero part of a_j is N(s_j^2 w_yj, s_j^2) truncated to a > 0).
+# Any value keeps the GD pair: p(y | a) = softmax(W a + b) for every radius and scale.
+SPREAD = {"sphere": "radius", "rectified": "scale"}
+
+
+def with_spread(distribution: ClassConditionalDistribution, factor: float) -> ClassConditionalDistribution:
+    """``distribution`` with its spread parameter (:data:`SPREAD`) multiplied by ``factor > 0``.
+
+    Raises:
+        ValueError: a family without an entry in :data:`SPREAD`.
+    """
+    if distribution.name not in SPREAD:
+        raise ValueError(f"no spread parameter is known for the {distribution.name!r} family (SPREAD: {tuple(SPREAD)})")
+    spread = copy.copy(distribution)
+    setattr(spread, SPREAD[distribution.name], getattr(distribution, SPREAD[distribution.name]) * factor)
+    return spread
+
+
+def calibrated(distribution: ClassConditionalDistribution, features: Tensor, labels: Tensor, seed: int,
+               per_class: int = 500, bracket: tuple[float, float] = (0.25, 4.0), iterations: int = 30
+               ) -> tuple[ClassConditionalDistribution, float]:
+    """The fit whose draws are as class-clear to the teacher as its real activations: ``distribution``
+    (a maximum-likelihood fit) with its spread multiplied by the ``factor`` at which the mean margin
+    (:meth:`LatentSpace.reading`) of ``per_class`` draws of every class equals that of the real
+    activations ``features: [N, D]`` of classes ``labels: [N]`` (on the support), by bisection on
+    ``log factor`` within ``bracket`` (the same draws' seeds at every step: the margin is then a
+    smooth, increasing function of the factor). Returns ``(distribution, factor)``; a factor at the
+    bracket's edge means the margins do not meet inside it."""
+    target = LatentSpace(distribution).reading(distribution.support(features).to(distribution.weight.dtype),
+                                               labels)[1]
+    draw_labels = torch.arange(distribution.num_classes, device=labels.device).repeat_interleave(per_class)
+
+    def margin(log_factor: float) -> float:
+        space = LatentSpace(with_spread(distribution, math.exp(log_factor)))
+        return space.reading(space.prior_sample(draw_labels, torch.Generator().manual_seed(seed)), draw_labels)[1]
+
+    low, high = math.log(bracket[0]), math.log(bracket[1])
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        low, high = (middle, high) if margin(middle) < target else (low, middle)
+    factor = math.exp((low + high) / 2)
+    return with_spread(distribution, factor), factor
+
+
 def shuffle_within_class(a: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
     """``a: [N, D]`` with every coordinate permuted independently among the rows of each class
     (``labels: [N]``; permutations drawn on the CPU from ``generator``): each class keeps its

@@ -65,15 +65,39 @@ class Decoder(nn.Module):
             self.net = _mlp([inputs, HIDDEN, HIDDEN, math.prod(image_shape)])
             return
         channels, height, side = image_shape[0], image_shape[1] // 4, image_shape[2] // 4
-        self.net = nn.Sequential(
+        self.net = nn.ModuleList([
             nn.Linear(inputs, 2 * width * height * side), nn.Unflatten(1, (2 * width, height, side)),
-            nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1))
+            ConditionalBatchNorm(2 * width, condition_size), nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), ConditionalBatchNorm(width, condition_size),
+            nn.ReLU(), nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1)])
 
     def forward(self, latent: Tensor | None, condition: Tensor | None) -> Tensor:
-        inputs = torch.cat([t for t in (latent, condition) if t is not None and t.shape[1] > 0], dim=1)
-        return self.net(inputs).view(-1, *self.image_shape)
+        x = torch.cat([t for t in (latent, condition) if t is not None and t.shape[1] > 0], dim=1)
+        if isinstance(self.net, nn.Sequential):
+            return self.net(x).view(-1, *self.image_shape)
+        for layer in self.net:
+            x = layer(x, condition) if isinstance(layer, ConditionalBatchNorm) else layer(x)
+        return x
+
+
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm whose scale and shift are functions of the condition ``c: [N, K]`` (de Vries et al.
+    2017; the generators of Miyato and Koyama 2018): ``(1 + G c) * BN(x) + B c`` per channel, ``G``
+    and ``B`` starting at zero (plain batch norm at initialization). The condition reaches every
+    layer, not the first alone: with a Gaussian code beside it, a decoder fed the condition only at
+    its input can learn to read the class from the code and ignore the condition."""
+
+    def __init__(self, channels: int, condition_size: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.modulation = nn.Linear(condition_size, 2 * channels)
+        with torch.no_grad():
+            self.modulation.weight.zero_()
+            self.modulation.bias.zero_()
+
+    def forward(self, x: Tensor, condition: Tensor) -> Tensor:
+        gain, shift = self.modulation(condition)[:, :, None, None].chunk(2, dim=1)
+        return (1 + gain) * self.norm(x) + shift
 
 
 class GaussianEncoder(nn.Module):
@@ -126,38 +150,43 @@ def discriminator_features(image_shape: tuple[int, ...], architecture: str = "ml
         spectral_norm(nn.Linear(2 * width * height * side, HIDDEN)), _leaky())
 
 
-class ProjectionDiscriminator(nn.Module):
-    """``D(x, c) = psi(phi(x)) + <V c, phi(x)>`` (Miyato and Koyama 2018), spectrally normalized;
-    ``c: [N, K]`` is a one-hot label (baseline) or a teacher activation (penact). ``forward`` returns
-    the scores ``[N]``."""
+DISCRIMINATORS = ("projection", "auxiliary", "both")
 
-    def __init__(self, condition_size: int, image_shape: tuple[int, ...] = (1, 8, 8), architecture: str = "mlp",
-                 width: int = 32):
+
+class Discriminator(nn.Module):
+    """A conditional discriminator on the trunk ``phi`` (:func:`discriminator_features`), by ``heads``:
+
+    - ``"projection"``: ``D(x, c) = psi(phi(x)) + <V c, phi(x)>`` (Miyato and Koyama 2018), every
+      layer spectrally normalized; ``c: [N, K]`` is a one-hot label (baseline) or a teacher
+      activation (penact);
+    - ``"auxiliary"``: the AC-GAN's (Odena et al. 2017) unconditional score ``psi(phi(x))`` and class
+      logits ``U phi(x)``, the class head not spectrally normalized (a norm-1 head could not reach
+      confident logits);
+    - ``"both"``: the projection score and the class logits.
+
+    ``forward(images, condition)`` returns ``(scores [N], logits [N, C] or None)``.
+
+    Raises:
+        ValueError: unknown heads (or architecture, or a conv trunk for a side not divisible by 4).
+    """
+
+    def __init__(self, condition_size: int, num_classes: int, heads: str = "projection",
+                 image_shape: tuple[int, ...] = (1, 8, 8), architecture: str = "mlp", width: int = 32):
         super().__init__()
+        if heads not in DISCRIMINATORS:
+            raise ValueError(f"heads must be one of {DISCRIMINATORS}, got {heads!r}")
         self.features = discriminator_features(image_shape, architecture, width)
         self.unconditional = spectral_norm(nn.Linear(HIDDEN, 1))
-        self.projection = spectral_norm(nn.Linear(condition_size, HIDDEN, bias=False))
+        self.projection = (spectral_norm(nn.Linear(condition_size, HIDDEN, bias=False)) if heads != "auxiliary"
+                           else None)
+        self.classifier = nn.Linear(HIDDEN, num_classes) if heads != "projection" else None
 
-    def forward(self, images: Tensor, condition: Tensor) -> Tensor:
+    def forward(self, images: Tensor, condition: Tensor) -> tuple[Tensor, Tensor | None]:
         phi = self.features(images)
-        return self.unconditional(phi).squeeze(1) + (self.projection(condition) * phi).sum(dim=1)
-
-
-class AuxiliaryClassifierDiscriminator(nn.Module):
-    """The AC-GAN discriminator (Odena et al. 2017): an unconditional score ``psi(phi(x))`` and class
-    logits ``U phi(x)`` from one trunk; the class head is not spectrally normalized (a norm-1 head
-    could not reach confident logits). ``forward(images)`` returns ``(scores [N], logits [N, C])``."""
-
-    def __init__(self, num_classes: int, image_shape: tuple[int, ...] = (1, 8, 8), architecture: str = "mlp",
-                 width: int = 32):
-        super().__init__()
-        self.features = discriminator_features(image_shape, architecture, width)
-        self.unconditional = spectral_norm(nn.Linear(HIDDEN, 1))
-        self.classifier = nn.Linear(HIDDEN, num_classes)
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        phi = self.features(images)
-        return self.unconditional(phi).squeeze(1), self.classifier(phi)
+        scores = self.unconditional(phi).squeeze(1)
+        if self.projection is not None:
+            scores = scores + (self.projection(condition) * phi).sum(dim=1)
+        return scores, self.classifier(phi) if self.classifier is not None else None
 
 
 class JudgeMLP(nn.Module):

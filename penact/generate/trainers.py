@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..training import IntervalMeans, synchronize
 from .families import LatentSpace, frozen
-from .networks import AuxiliaryClassifierDiscriminator, Decoder, FeatureEncoder, GaussianEncoder, ProjectionDiscriminator
+from .networks import Decoder, Discriminator, FeatureEncoder, GaussianEncoder
 
 KINDS = ("vae", "gan")
 MODES = ("onehot", "labelled", "free")
@@ -59,7 +59,8 @@ class TrainConfig:
     free_kl: str = "joint"     # the label-free VAE's KL: "joint" or "mixture" (LatentSpace's Posterior.kl)
     architecture: str = "mlp"  # the decoders' and discriminators': "mlp" or "conv" (penact.generate.networks)
     width: int = 32            # the conv networks' channels (the decoder's last hidden layer, the discriminator's first)
-    onehot_discriminator: str = "projection"  # the one-hot GAN's: "projection" or "auxiliary" (AC-GAN)
+    discriminator: str = "projection"  # every GAN's heads: "projection", "auxiliary" (AC-GAN) or "both"
+    style_weight: float = 1.0  # the weight of the VAE style code's KL (beta > 1: the class goes to the condition)
 
 
 def parse_model(name: str) -> tuple[str, str]:
@@ -182,7 +183,7 @@ class _VAETrainer:
         parameters = [p for m in (self.encoder, self.decoder) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=config.vae_lr)
         self.warmup_steps, self.steps_done = config.kl_warmup * config.vae_steps, 0
-        self.free_kl = config.free_kl
+        self.free_kl, self.style_weight = config.free_kl, config.style_weight
 
     def _gaussian(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
         """A draw of the style code and its KL to N(0, I), ``[N]``."""
@@ -194,29 +195,31 @@ class _VAETrainer:
         """One optimizer step; returns its losses, detached scalars on the device."""
         if self.space is None:
             condition = self.model.condition(labels, self.seeds)
-            latent, kl = self._gaussian(*self.encoder(images, condition))
+            latent, style_kl = self._gaussian(*self.encoder(images, condition))
             logits = self.decoder(latent, condition)
+            condition_kl = torch.zeros_like(style_kl)
         else:
             features, outputs = self.encoder(images, self.space.normalize)
             correction, mean, log_var = outputs.split([self.space.posterior_size, self.latent_size,
                                                        self.latent_size], dim=1)
             posterior = self.space.posterior(features, correction)
             a = posterior.rsample(self.seeds)
-            latent, kl = self._gaussian(mean, log_var)
+            latent, style_kl = self._gaussian(mean, log_var)
             logits = self.decoder(latent, self.space.normalize(a))
             class_posterior = None
             if labels is None and self.free_kl == "joint":
                 with torch.no_grad():
                     class_posterior = self.space.class_log_posterior(features).exp()
-            kl = kl + posterior.kl(a, labels, class_posterior, free_kl=self.free_kl)
+            condition_kl = posterior.kl(a, labels, class_posterior, free_kl=self.free_kl)
         reconstruction = F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(1).sum(dim=1)
         kl_weight = min(1.0, self.steps_done / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         self.steps_done += 1
-        loss = (reconstruction + kl_weight * kl).mean()
+        loss = (reconstruction + kl_weight * (self.style_weight * style_kl + condition_kl)).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"recon": reconstruction.detach().mean(), "kl": kl.detach().mean()}
+        return {"recon": reconstruction.detach().mean(), "style_kl": style_kl.detach().mean(),
+                "condition_kl": condition_kl.detach().mean()}
 
     def sampler(self) -> ConditionalGenerator:
         return self.model.eval()
@@ -231,23 +234,18 @@ class _GANTrainer:
         device = teacher.fc.weight.device
         self.decoder = _decoder(config, config.noise_size, condition_size, image_shape).to(device)
         self.model = ConditionalGenerator(self.decoder, space, num_classes, config.noise_size)
-        self.auxiliary = space is None and config.onehot_discriminator == "auxiliary"
-        networks = (image_shape, config.architecture, config.width)
-        self.discriminator = (AuxiliaryClassifierDiscriminator(num_classes, *networks) if self.auxiliary
-                              else ProjectionDiscriminator(condition_size, *networks)).to(device)
+        self.discriminator = Discriminator(condition_size, num_classes, config.discriminator, image_shape,
+                                           config.architecture, config.width).to(device)
         self.g_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.gan_lr, betas=(0.5, 0.999))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.discriminator_lr,
                                             betas=(0.5, 0.999))
 
     def _discriminate(self, images: Tensor, condition: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """The discriminator's scores ``[N]`` of ``images`` and its class loss: the AC-GAN's
-        cross-entropy of its class head against ``labels`` (for real images the discriminator learns
-        it, for generated ones the generator), zero for a projection discriminator, which reads the
-        ``condition`` instead."""
-        if not self.auxiliary:
-            return self.discriminator(images, condition), images.new_zeros(())
-        scores, logits = self.discriminator(images)
-        return scores, F.cross_entropy(logits, labels)
+        """The discriminator's scores ``[N]`` of ``images`` and its class loss: the cross-entropy of an
+        auxiliary class head against ``labels`` (for real images the discriminator learns it, for
+        generated ones the generator), zero without one."""
+        scores, logits = self.discriminator(images, condition)
+        return scores, F.cross_entropy(logits, labels) if logits is not None else images.new_zeros(())
 
     def step(self, images: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         """One discriminator and one generator step; returns their losses, detached scalars on the device."""
