@@ -231,11 +231,12 @@ def test_mnist_command_uses_conv_networks_and_its_validation_split(tmp_path, fak
     code = cli.main(["generate", "--dataset", "mnist", "--validation", "--seeds", "2", "--teacher-epochs", "1",
                      "--judge-epochs", "1", "--vae-steps", "2", "--gan-steps", "2", "--per-class", "2", "--width", "4",
                      "--models", "vae-labelled,gan-onehot,gan-labelled", "--families", "sphere",
-                     "--discriminator", "both", "--fit", "calibrated", "--out", str(tmp_path), "--name", "tiny", "--no-progress"])
+                     "--discriminator", "both", "--onehot-discriminator", "auxiliary", "--fit", "calibrated", "--out", str(tmp_path), "--name", "tiny", "--no-progress"])
     assert code == 0
     report = json.loads((tmp_path / "tiny.json").read_text())
     assert report["dataset"] == "mnist" and report["validation"]
     assert report["settings"]["architecture"] == "conv" and report["settings"]["discriminator"] == "both"
+    assert report["settings"]["onehot_discriminator"] == "auxiliary"
     assert all(0.25 <= r["spread_factor"]["sphere"] <= 4 for r in report["references"])
     assert [v["target"] for v in report["targets"]] == [  # no vae-onehot: no twin for vae-labelled
         "gan-labelled (sphere) judge fidelity at least gan-onehot's (paired, within 2 se)",
@@ -312,7 +313,8 @@ def test_every_model_trains_at_28x28_with_conv_networks(name, device):
     mode = parse_model(name)[1]
     heads = list(DISCRIMINATORS) if parse_model(name)[0] == "gan" else ["projection"]
     for family, head in [(f, h) for f in ([None] if mode == "onehot" else list(spaces)) for h in heads]:
-        config = dataclasses.replace(TINY, architecture="conv", width=4, discriminator=head, style_weight=4.0)
+        config = dataclasses.replace(TINY, architecture="conv", width=4, discriminator=head,
+                                     onehot_discriminator=head, style_weight=4.0)
         runs = [train_model(name, teacher, spaces.get(family), images, None if mode == "free" else labels, config,
                             seed=5, progress=False, device=device).generator.generate(
                     torch.arange(10), torch.Generator().manual_seed(2)) for _ in range(2)]

@@ -78,7 +78,7 @@ RECIPES = {
 
 # Options whose default comes from the data set's recipe (its TrainConfig, or the recipe itself).
 CONFIG_OPTIONS = ("vae_steps", "gan_steps", "batch_size", "discriminator_lr", "consistency", "free_kl", "width",
-                  "discriminator", "style_weight")
+                  "discriminator", "onehot_discriminator", "style_weight")
 RUN_OPTIONS = ("seeds", "teacher_epochs", "judge_epochs", "per_class", "fit")
 
 
@@ -107,7 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--discriminator-lr", type=float, default=None,
                         help="the GAN discriminator's Adam learning rate (the generator's is 2e-4) " + recipe)
     parser.add_argument("--discriminator", choices=DISCRIMINATORS, default=None,
-                        help="every GAN's discriminator heads " + recipe)
+                        help="the penact GANs' discriminator heads " + recipe)
+    parser.add_argument("--onehot-discriminator", choices=DISCRIMINATORS, default=None,
+                        help="the one-hot GAN's discriminator heads " + recipe)
     parser.add_argument("--style-weight", type=float, default=None,
                         help="the weight of the VAE style code's KL " + recipe)
     parser.add_argument("--fit", choices=("mle", "calibrated"), default=None,

@@ -52,6 +52,7 @@ class TrainConfig:
     vae_lr: float = 1e-3
     gan_lr: float = 2e-4       # the generator's; the discriminator's is 4x slower (single runs favoured it
     discriminator_lr: float = 5e-5  # with rectified conditions; over 3 seeds 2e-4 does as well: docs/design.md)
+    gan_beta1: float = 0.5     # both GAN optimizers' Adam beta1 (DCGAN's 0.5; 0 as in SNGAN)
     latent_size: int = 16      # every VAE's Gaussian style code, beside its condition
     noise_size: int = 16       # the GAN generator's noise
     consistency: float = 5.0   # weight of the penact GAN's consistency term
@@ -59,7 +60,8 @@ class TrainConfig:
     free_kl: str = "joint"     # the label-free VAE's KL: "joint" or "mixture" (LatentSpace's Posterior.kl)
     architecture: str = "mlp"  # the decoders' and discriminators': "mlp" or "conv" (penact.generate.networks)
     width: int = 32            # the conv networks' channels (the decoder's last hidden layer, the discriminator's first)
-    discriminator: str = "projection"  # every GAN's heads: "projection", "auxiliary" (AC-GAN) or "both"
+    discriminator: str = "projection"  # the penact GANs' heads: "projection", "auxiliary" (AC-GAN) or "both"
+    onehot_discriminator: str = "projection"  # the one-hot GAN's heads (the same choices)
     style_weight: float = 1.0  # the weight of the VAE style code's KL (beta > 1: the class goes to the condition)
 
 
@@ -234,11 +236,12 @@ class _GANTrainer:
         device = teacher.fc.weight.device
         self.decoder = _decoder(config, config.noise_size, condition_size, image_shape).to(device)
         self.model = ConditionalGenerator(self.decoder, space, num_classes, config.noise_size)
-        self.discriminator = Discriminator(condition_size, num_classes, config.discriminator, image_shape,
-                                           config.architecture, config.width).to(device)
-        self.g_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.gan_lr, betas=(0.5, 0.999))
+        heads = config.onehot_discriminator if space is None else config.discriminator
+        self.discriminator = Discriminator(condition_size, num_classes, heads, image_shape, config.architecture,
+                                           config.width).to(device)
+        self.g_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.gan_lr, betas=(config.gan_beta1, 0.999))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.discriminator_lr,
-                                            betas=(0.5, 0.999))
+                                            betas=(config.gan_beta1, 0.999))
 
     def _discriminate(self, images: Tensor, condition: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """The discriminator's scores ``[N]`` of ``images`` and its class loss: the cross-entropy of an
