@@ -7,12 +7,15 @@
   bandwidth;
 - ``log_prob_all``: time against ``torch.addmm`` of the same shapes.
 
-Bandwidths are measured in the same run: a device-to-device copy of 1 GiB (its write rate, bytes
-copied / time, is the issue's reference; its read rate is the same number), a ``zero_`` (pure
-writes) and a ``sum`` (pure reads) of 1 GiB. Timing: CUDA events around each call, 3 warm-up
-calls, the median of ``--repeat`` calls. penact's eager calls include the host synchronization
-of the label-range check; the ``graph`` column replays the same call from a CUDA graph (where the
-kernels' own guard replaces that check), i.e. the kernels alone.
+The inputs, peers, limits, timing and bandwidths are ``penact bench``'s (``penact/bench/``): the
+sphere family's problem at kappa ~ D (``Problem.of_regime(..., "~D", ...)``), its ``penact``,
+``composite`` and ``limit`` peers, CUDA events around each call in interleaved rounds of
+``--repeat`` calls after 3 warm-up calls (the composite sampler: a third as many), and the device's
+bandwidth from a copy (its write rate, bytes copied / time, is the issue's reference; its read
+rate is the same number), a ``zero_`` (pure writes) and a ``sum`` (pure reads) of 1 GiB. penact's
+eager calls include the host synchronization of the label-range check; the ``graph`` column
+replays the same call from a CUDA graph (where the kernels' own guard replaces that check), i.e.
+the kernels alone.
 
     python benchmarks/bench_cuda.py [--out benchmarks/results/cuda-<device>-<date>.json]
                                     [--dims 64,512,2048] [--n 1000000] [--with-tests]
@@ -23,12 +26,10 @@ Writes the JSON (device, driver, torch, CUDA, commit, every measurement) and pri
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
+import dataclasses
 import json
 import math
 import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout without installing
 
-from penact import reference  # noqa: E402
-from penact import ops  # noqa: E402
+from penact import bench, ops  # noqa: E402
+from penact.bench.families import bench_family  # noqa: E402
+from penact.bench.harness import (Peer, Timing, clock_for, cuda_graph, environment, measure,  # noqa: E402
+                                  measure_bandwidth, release_memory, timing_summary)
+from penact.bench.peers import LIMIT, peers_for  # noqa: E402
+from penact.bench.problems import Problem  # noqa: E402
 
-GiB = 2**30
+DEVICE = torch.device("cuda")
 # Issue 3's goals, as (metric, comparison, bound).
 GOALS = {
     "sample": ("write_fraction_copy", ">=", 0.70),
@@ -52,80 +57,33 @@ GOALS = {
 }
 
 
-def cuda_time(fn, repeat: int, warmup: int = 3) -> dict:
-    """Median seconds of fn() between CUDA events, after warm-up calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return dict(median_s=statistics.median(times), min_s=min(times), max_s=max(times), repeat=repeat)
-
-
-def graph_time(fn, repeat: int) -> dict | None:
-    """The same call captured once in a CUDA graph and replayed; None if it cannot be captured."""
+def _graph(peer: Peer) -> Peer:
+    """``peer``'s call replayed from a CUDA graph, or a skip saying why it cannot be captured."""
     try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        return Peer("graph", cuda_graph(peer.fn), clock="cuda")
     except RuntimeError as error:
-        return dict(error=str(error).splitlines()[0])
-    return cuda_time(graph.replay, repeat)
+        return Peer("graph", skip=str(error).splitlines()[0])
 
 
-def free_memory():
-    gc.collect()
-    torch.cuda.empty_cache()
+def _fractions(timing: dict, moved: int, **rates: float) -> dict[str, float]:
+    """``moved`` bytes per second of ``timing`` as a fraction of each named bandwidth (bytes per
+    second), or nothing when the call was not measured."""
+    if "median_s" not in timing:
+        return {}
+    return {name: moved / timing["median_s"] / rate for name, rate in rates.items()}
 
 
-def measure_bandwidth(repeat: int) -> dict:
-    src = torch.ones(GiB // 4, device="cuda")
-    dst = torch.empty_like(src)
-    copy = cuda_time(lambda: dst.copy_(src), repeat)
-    zero = cuda_time(lambda: dst.zero_(), repeat)
-    total = torch.empty((), device="cuda")
-    read = cuda_time(lambda: torch.sum(src, dim=0, out=total), repeat)
-    del src, dst
-    free_memory()
-    return dict(
-        buffer_bytes=GiB,
-        copy_write_bytes_per_s=GiB / copy["median_s"],  # = its read rate; read + write is twice this
-        zero_write_bytes_per_s=GiB / zero["median_s"],
-        sum_read_bytes_per_s=GiB / read["median_s"],
-        copy=copy, zero=zero, sum=read,
-    )
-
-
-def problem(n: int, dim: int, num_classes: int, seed: int = 0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    weight = torch.randn(num_classes, dim, device="cuda", generator=g) * (3.0 / math.sqrt(dim))
-    weight *= torch.rand(num_classes, 1, device="cuda", generator=g) * 100 + 1
-    kappa = weight.norm(dim=1)
-    mu = weight / kappa[:, None]
-    labels = torch.randint(0, num_classes, (n,), device="cuda", generator=g)
-    lognorm = ops.vmf_log_normalizer(dim, kappa.double()).float()
-    return mu, kappa, weight, lognorm, labels
-
-
-def bench_dim(n: int, dim: int, num_classes: int, bandwidth: dict, repeat: int, composite: bool) -> list[dict]:
+def bench_dim(n: int, dim: int, num_classes: int, bandwidth: dict, settings, composite: bool) -> list[dict]:
     rows = []
-    mu, kappa, weight, lognorm, labels = problem(n, dim, num_classes)
-    radius = 5.0
+    family = bench_family("sphere")
+    problem = Problem.of_regime(family, dim, num_classes, "~D", n, DEVICE, torch.float32, seed=0)
 
     def row(op, dtype, timing, bytes_moved=None, baseline=None, baseline_timing=None, graph=None, **extra):
         entry = dict(op=op, n=n, dim=dim, num_classes=num_classes, dtype=str(dtype).replace("torch.", ""),
                      time=timing, graph=graph, bytes=bytes_moved, baseline=baseline, baseline_time=baseline_timing)
+        if "median_s" not in timing:
+            rows.append(dict(entry, error=timing["error"]))
+            return
         t = timing["median_s"]
         if bytes_moved is not None:
             entry["bytes_per_s"] = bytes_moved / t
@@ -136,56 +94,54 @@ def bench_dim(n: int, dim: int, num_classes: int, bandwidth: dict, repeat: int, 
         rows.append(entry)
         print_row(entry)
 
-    for out_dtype in (torch.float32, torch.bfloat16):
-        def sample():
-            return ops.vmf_sample(mu, kappa, labels, radius, 7, 0, dtype=out_dtype)
-        timing = cuda_time(sample, repeat)
-        written = n * dim * out_dtype.itemsize
-        randn = cuda_time(lambda: torch.randn(n, dim, device="cuda", dtype=out_dtype), repeat)
-        row("sample", out_dtype, timing, written, "torch.randn(N, D)", randn, graph_time(sample, repeat),
-            write_fraction_copy=written / timing["median_s"] / bandwidth["copy_write_bytes_per_s"],
-            write_fraction_zero=written / timing["median_s"] / bandwidth["zero_write_bytes_per_s"])
-        free_memory()
+    def measured(op: str, graph: bool) -> tuple[dict[str, Peer], dict[str, dict]]:
+        """The sphere family's penact and limit peers of ``op`` (and penact's graph replay), timed together."""
+        peers = {peer.name: peer for peer in peers_for(family, op, problem, settings)}
+        chosen = [peers["penact"], peers[LIMIT]] + ([_graph(peers["penact"])] if graph else [])
+        timed = {name: timing_summary(result) for name, result in measure(chosen, settings.timing).items()}
+        return peers, timed | {"graph": timed.get("graph")}
+
+    # sample: float32 through the family, bfloat16 through the operator (rounded once on output)
+    mu, kappa, labels, radius = problem.dist.mean_direction, problem.dist.kappa, problem.labels, problem.dist.radius
+    sample_peers, times = measured("sample", graph=True)
+    clock = clock_for(DEVICE)
+    bfloat16 = [Peer("penact", lambda: ops.vmf_sample(mu, kappa, labels, radius, 7, 0, dtype=torch.bfloat16),
+                     clock=clock),
+                Peer(LIMIT, lambda: torch.randn(n, dim, device=DEVICE, dtype=torch.bfloat16), clock=clock)]
+    bfloat16.append(_graph(bfloat16[0]))
+    bfloat16_times = {name: timing_summary(result) for name, result in measure(bfloat16, settings.timing).items()}
+    for dtype, timed in ((torch.float32, times), (torch.bfloat16, bfloat16_times)):
+        written = n * dim * dtype.itemsize
+        row("sample", dtype, timed["penact"], written, "torch.randn(N, D)", timed[LIMIT], timed["graph"],
+            **_fractions(timed["penact"], written, write_fraction_copy=bandwidth["copy_write_bytes_per_s"],
+                         write_fraction_zero=bandwidth["zero_write_bytes_per_s"]))
+    release_memory(DEVICE)
 
     if composite:
-        try:
-            timing = cuda_time(lambda: reference.vmf_sample(mu, kappa, labels, radius), max(3, repeat // 3), warmup=1)
-        except torch.OutOfMemoryError as error:
-            timing = dict(error=f"out of memory: {str(error).splitlines()[0]}")
-        penact_time = rows[0]["time"]
-        row("sample_vs_composite", torch.float32, penact_time, None, "penact.reference.vmf_sample", timing)
-        free_memory()
+        repeats = max(3, settings.timing.max_repeats // 3)
+        slow = dataclasses.replace(settings.timing, warmup=1, min_repeats=repeats, max_repeats=repeats)
+        result = measure([sample_peers["composite"]], slow)["composite"]
+        row("sample_vs_composite", torch.float32, times["penact"], None, "penact.reference.vmf_sample",
+            timing_summary(result))
+        release_memory(DEVICE)
 
-    x = mu[labels] * radius + torch.randn(n, dim, device="cuda") * 0.3
+    x = problem.x
+    peers, timed = measured("log_prob", graph=True)
     read = n * dim * x.element_size() + n * (labels.element_size() + 4)
+    row("log_prob", torch.float32, timed["penact"], read, "x.norm(dim=1)", timed[LIMIT], timed["graph"],
+        **_fractions(timed["penact"], read, read_fraction=bandwidth["sum_read_bytes_per_s"],
+                     read_fraction_copy=bandwidth["copy_write_bytes_per_s"]))
+    row("log_prob_vs_composite", torch.float32, timed["penact"], None, "penact.reference.vmf_log_prob",
+        timing_summary(measure([peers["composite"]], settings.timing)["composite"]))
 
-    def log_prob():
-        return ops.vmf_log_prob(x, weight, lognorm, labels, radius)
-    norm_pass = cuda_time(lambda: x.norm(dim=1), repeat)
-    timing = cuda_time(log_prob, repeat)
-    row("log_prob", torch.float32, timing, read, "x.norm(dim=1)", norm_pass, graph_time(log_prob, repeat),
-        read_fraction=read / timing["median_s"] / bandwidth["sum_read_bytes_per_s"],
-        read_fraction_copy=read / timing["median_s"] / bandwidth["copy_write_bytes_per_s"])
-    composite_lp = cuda_time(lambda: reference.vmf_log_prob(x, weight, lognorm, labels, radius), repeat)
-    row("log_prob_vs_composite", torch.float32, timing, None, "penact.reference.vmf_log_prob", composite_lp)
-
-    grad = torch.randn(n, device="cuda")
-    backward_op = torch.ops.penact.vmf_log_prob_backward.default
+    _, timed = measured("log_prob_backward", graph=False)
     moved = 2 * n * dim * x.element_size()  # read x, write grad_x (weight rows stay in L2)
-    timing = cuda_time(lambda: backward_op(grad, x, weight, labels, radius, True, True), repeat)
-    clone = cuda_time(lambda: x.clone(), repeat)
-    row("log_prob_backward", torch.float32, timing, moved, "x.clone()", clone,
-        moved_fraction_copy=moved / timing["median_s"] / (2 * bandwidth["copy_write_bytes_per_s"]))
-    free_memory()
+    row("log_prob_backward", torch.float32, timed["penact"], moved, "x.clone()", timed[LIMIT],
+        **_fractions(timed["penact"], moved, moved_fraction_copy=2 * bandwidth["copy_write_bytes_per_s"]))
+    release_memory(DEVICE)
 
-    try:
-        timing = cuda_time(lambda: ops.vmf_log_prob_all(x, weight, lognorm, radius), repeat)
-        addmm = cuda_time(lambda: torch.addmm(lognorm, x, weight.t()), repeat)
-        row("log_prob_all", torch.float32, timing, None, "torch.addmm(lognorm, x, W^T)", addmm)
-    except torch.OutOfMemoryError as error:
-        rows.append(dict(op="log_prob_all", n=n, dim=dim, error=str(error).splitlines()[0]))
-    del x, grad
-    free_memory()
+    _, timed = measured("log_prob_all", graph=False)
+    row("log_prob_all", torch.float32, timed["penact"], None, "torch.addmm(lognorm, x, W^T)", timed[LIMIT])
     return rows
 
 
@@ -236,27 +192,13 @@ def run_tests() -> dict:
 
 
 def metadata() -> dict:
-    def command_output(args):
-        try:
-            return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    props = torch.cuda.get_device_properties(0)
-    return dict(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        device=torch.cuda.get_device_name(0),
-        multiprocessors=props.multi_processor_count,
-        memory_bytes=props.total_memory,
-        compute_capability=f"{props.major}.{props.minor}",
-        driver=command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
-        torch=torch.__version__,
-        cuda=torch.version.cuda,
-        float32_matmul_precision=torch.get_float32_matmul_precision(),
-        commit=command_output(["git", "rev-parse", "HEAD"]),
-        dirty=bool(command_output(["git", "status", "--porcelain", "--untracked-files=no"])),
-        python=sys.version.split()[0],
-    )
+    """The device and source this run measured (``penact bench``'s environment, in this script's keys)."""
+    env = environment(DEVICE, {})
+    return dict(date=env["date"], device=env["device_name"], multiprocessors=env["multiprocessors"],
+                memory_bytes=env["memory_bytes"], compute_capability=env["compute_capability"], driver=env["driver"],
+                torch=env["versions"]["torch"], cuda=env["cuda"],
+                float32_matmul_precision=env["float32_matmul_precision"], commit=env["git_commit"],
+                dirty=env["git_dirty"], python=env["versions"]["python"])
 
 
 def main(argv=None) -> int:
@@ -273,6 +215,9 @@ def main(argv=None) -> int:
         print("bench_cuda: no CUDA device (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
 
+    settings = bench.parse_settings(["--device", "cuda", "--family", "sphere", "--peers", "penact,composite"])
+    settings = dataclasses.replace(settings, timing=Timing(warmup=3, min_repeats=args.repeat, max_repeats=args.repeat,
+                                                           target_s=0.0, max_call_s=math.inf))
     meta = metadata()
     out = args.out
     if out is None:
@@ -280,14 +225,15 @@ def main(argv=None) -> int:
         out = ROOT / "benchmarks" / "results" / f"cuda-{name}-{meta['date'][:10]}.json"
     print(f"{meta['device']} (sm_{meta['compute_capability'].replace('.', '')}, {meta['multiprocessors']} SMs), "
           f"driver {meta['driver']}, torch {meta['torch']}, CUDA {meta['cuda']}, commit {meta['commit']}")
-    bandwidth = measure_bandwidth(args.repeat)
+    bandwidth = measure_bandwidth(DEVICE, repeats=args.repeat)
     print(f"bandwidth: copy {bandwidth['copy_write_bytes_per_s'] / 1e9:.0f} GB/s written (and read), "
           f"zero_ {bandwidth['zero_write_bytes_per_s'] / 1e9:.0f} GB/s written, "
           f"sum {bandwidth['sum_read_bytes_per_s'] / 1e9:.0f} GB/s read")
     print_header()
     rows = []
     for dim in (int(d) for d in args.dims.split(",")):
-        rows += bench_dim(args.n, dim, args.classes, bandwidth, args.repeat, not args.no_composite)
+        rows += bench_dim(args.n, dim, args.classes, bandwidth, settings, not args.no_composite)
+        release_memory(DEVICE)  # the dimension's inputs
     checks = goal_checks(rows)
     print("\ngoals (issue 3):")
     for check in checks:

@@ -14,14 +14,16 @@ For ``loc: [N, D]``, ``concentration: [N]`` (one distribution per row, kappa log
 - ``rsample + backward``: forward and backward of ``(x @ b).sum()`` through ``rsample``;
 - ``randn``: ``torch.randn(N, D)``, the floor of any sampler.
 
-TensorFlow Probability's ``VonMisesFisher`` (on JAX) is timed when ``jax`` and
-``tensorflow_probability`` import, and reported as skipped otherwise.
+TensorFlow Probability's ``VonMisesFisher`` (on JAX, ``penact bench``'s jit-compiled sampler with
+one row per class) is timed when ``jax`` and ``tensorflow_probability`` import, and reported as
+skipped otherwise.
 
-Timing: one warm-up call each, then ``--rounds`` interleaved rounds (every peer once per round, in
-rotating order, so that load changes hit all peers alike); medians and the ratios of medians are
-printed, with the load average before and after (the machine may be shared). ``--threads 1
---clock cpu`` times the calling thread's CPU time instead of wall time, which other jobs on a shared
-machine disturb less (they still compete for memory bandwidth).
+Timing: ``penact bench``'s (``penact.bench.harness.measure``): one warm-up call each, then
+``--rounds`` interleaved rounds (every peer once per round, in rotating order, so that load changes
+hit all peers alike); medians and the ratios of medians are printed, with the load average before
+and after (the machine may be shared). ``--threads 1 --clock cpu`` times the calling thread's CPU
+time instead of wall time, which other jobs on a shared machine disturb less (they still compete
+for memory bandwidth).
 """
 from __future__ import annotations
 
@@ -30,26 +32,25 @@ import json
 import math
 import os
 import platform
-import statistics
-import time
 
 import torch
 
 from penact import PenultimateDistribution, VonMisesFisher, ops
 from penact import reference
+from penact.bench.harness import Peer, Timing, measure
+from penact.bench.peers import tfp_modules, tfp_sphere_functions
 
 
 def _tfp_peer(loc: torch.Tensor, kappa: torch.Tensor):
-    try:
-        import jax
-        import jax.numpy as jnp
-        from tensorflow_probability.substrates import jax as tfp
-    except ImportError as error:
-        return None, f"skipped: {error}"
-    dist = tfp.distributions.VonMisesFisher(jnp.asarray(loc.numpy()), jnp.asarray(kappa.numpy()))
-    draw = jax.jit(lambda key: dist.sample(seed=key))
+    """TFP's per-row VonMisesFisher sampler of ``penact bench`` (rows as their own classes), or why not."""
+    modules, why = tfp_modules()
+    if modules is None:
+        return None, f"skipped: {why}"
+    jax, jnp = modules[0], modules[1]
+    draw = tfp_sphere_functions()["sample"]
+    loc_jax, kappa_jax, rows = jnp.asarray(loc.numpy()), jnp.asarray(kappa.numpy()), jnp.arange(loc.shape[0])
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 10**6))
-    return (lambda: draw(next(keys)).block_until_ready()), None
+    return (lambda: draw(loc_jax, kappa_jax, rows, next(keys)).block_until_ready()), None
 
 
 def peers(n: int, dim: int, classes: int, kappa_range: tuple[float, float], dtype: torch.dtype, generator):
@@ -84,20 +85,6 @@ def peers(n: int, dim: int, classes: int, kappa_range: tuple[float, float], dtyp
     return table, why
 
 
-def measure(table: dict, rounds: int, clock) -> dict[str, list[float]]:
-    times = {name: [] for name in table}
-    for call in table.values():
-        call()  # warm-up
-    names = list(table)
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            start = clock()
-            table[name]()
-            times[name].append(clock() - start)
-    return times
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--N", type=float, nargs="+", default=[1e4, 1e5])
@@ -130,8 +117,12 @@ def main(argv=None) -> int:
             table = {name: call for name, call in table.items() if not any(name.startswith(s) for s in args.skip)}
             if any("tfp".startswith(s) or s.startswith("tfp") for s in args.skip):
                 tfp_note = None
-            times = measure(table, args.rounds, time.perf_counter if args.clock == "wall" else time.thread_time)
-            medians = {name: statistics.median(values) for name, values in times.items()}
+            measured = measure([Peer(name, call, clock="wall" if args.clock == "wall" else "thread")
+                                for name, call in table.items()],
+                               Timing(warmup=1, min_repeats=args.rounds, max_repeats=args.rounds, target_s=0.0,
+                                      max_call_s=math.inf))
+            times = {name: result["times_s"] for name, result in measured.items()}
+            medians = {name: result["time_s"] for name, result in measured.items()}
             base = medians["labelled kernel"]
             print(f"\nN = {n}, D = {dim}  (median of {args.rounds} interleaved rounds; ratio to the labelled kernel)")
             for name, value in medians.items():

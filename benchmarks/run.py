@@ -1,6 +1,6 @@
 """Runs penact's benchmark suite: ``python benchmarks/run.py [--quick] [options]``.
 
-The same as ``penact bench``; see ``penact/bench.py`` (or ``--help``) for what is measured and how.
+The same as ``penact bench``; see ``penact/bench/`` (or ``--help``) for what is measured and how.
 Results go to ``benchmarks/results/<device>-<date>.json/.md/.png``.
 """
 import sys

@@ -1,9 +1,10 @@
 // Schemas, argument checks and glue of the rectified family's operators (kernel interface:
-// rectified.h; kernels: cpu/rectified_cpu.cpp, cuda/rectified_cuda.cu). Backward passes, fake
-// kernels and the composite operators (rsample, mean) are registered from Python
-// (penact/ops/rectified.py).
+// rectified.h; kernels: cpu/rectified_cpu.cpp, cuda/rectified_cuda.cu), and the composites rsample
+// and mean. Backward passes (the float64 composite rectified_mean_backward among them) and fake
+// kernels are registered from Python (penact/ops/rectified.py).
 #include "rectified.h"
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "glue.h"
@@ -227,6 +228,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rectified_log_prob_ba
   return {grad_a, grad_w, grad_s, grad_m};
 }
 
+// The gradients of rectified_rsample in weight [C, D], scale [D] and zero_mass [D] from its draws
+// (core/rectified.h), computed and summed in float64, returned in their dtype.
+template <Device D>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rectified_rsample_backward(
+    const at::Tensor& grad, const at::Tensor& sample, const at::Tensor& weight, const at::Tensor& scale,
+    const at::Tensor& zero_mass, const at::Tensor& labels) {
+  check_params(weight, scale, zero_mass);
+  PENACT_CHECK(sample.dim() == 2 && sample.size(1) == weight.size(1) && grad.sizes() == sample.sizes(),
+               "sample and grad must have shape [N, D] with D = ", weight.size(1), ", got ", sample.sizes(), " and ",
+               grad.sizes());
+  PENACT_CHECK(sample.scalar_type() == weight.scalar_type() && grad.scalar_type() == weight.scalar_type(),
+               "sample and grad must have the dtype of weight (", weight.scalar_type(), "), got ", sample.scalar_type(),
+               " and ", grad.scalar_type());
+  check_same_device(sample, "sample", weight, "weight");
+  check_same_device(grad, "grad", weight, "weight");
+  const at::Tensor lab = labels_as_int64(labels, sample.size(0), weight, "weight");
+  Launch<D> launch(weight);
+  const at::Tensor w = weight.contiguous(), s = scale.contiguous(), m = zero_mass.contiguous();
+  const at::Tensor x = sample.contiguous(), g = grad.contiguous();
+  const at::TensorOptions float64 = w.options().dtype(at::kDouble);
+  at::Tensor grad_w = at::zeros(w.sizes(), float64), columns = at::zeros({2, w.size(1)}, float64);
+  if (x.size(0) > 0 && w.size(1) > 0) {
+    at::Tensor log_z = at::empty(w.sizes(), float64);
+    RectifiedRsampleBackwardParams params{};
+    params.grad = g.const_data_ptr();
+    params.sample = x.const_data_ptr();
+    params.weight = w.const_data_ptr();
+    params.scale = s.const_data_ptr();
+    params.zero_mass = m.const_data_ptr();
+    params.labels = lab.const_data_ptr<int64_t>();
+    params.log_z = log_z.mutable_data_ptr<double>();
+    params.grad_weight = grad_w.mutable_data_ptr<double>();
+    params.column_sums = columns.mutable_data_ptr<double>();
+    params.num_rows = x.size(0);
+    params.num_classes = w.size(0);
+    params.dim = w.size(1);
+    params.dtype = dtype_of(w);
+    params.status = launch.status();
+    if (D == Device::kCUDA) at::globalContext().alertNotDeterministic("penact::rectified_rsample_backward on CUDA");
+    launch.run(&cpu::rectified_rsample_backward, PENACT_CUDA_LAUNCHER(rectified_rsample_backward), params);
+    raise_if_bad(launch.read_status(), w.size(0), {});
+  }
+  // Copies of the two rows of `columns` (views of one buffer would alias each other).
+  const at::ScalarType dtype = w.scalar_type();
+  return {grad_w.to(dtype), columns[0].to(dtype, false, true), columns[1].to(dtype, false, true)};
+}
+
+// The draw is exactly rectified_sample's (same streams, same values); only autograd differs.
+at::Tensor rectified_rsample(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& zero_mass,
+                             const at::Tensor& labels, int64_t seed, int64_t offset) {
+  static const auto sample = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("penact::rectified_sample", "")
+                                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&, int64_t, int64_t)>();
+  return sample.call(weight, scale, zero_mass, labels, seed, offset);
+}
+
+// E[a | y] = d log z / dw (coordinate_stats' third table); differentiable through its own backward.
+at::Tensor rectified_mean(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& zero_mass) {
+  static const auto stats = c10::Dispatcher::singleton()
+                                .findSchemaOrThrow("penact::rectified_coordinate_stats", "")
+                                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return stats.call(weight, scale, zero_mass).select(0, 2).clone();
+}
+
 template <Device D>
 void register_kernels(torch::Library& m) {
   m.impl("rectified_log_partition", &rectified_log_partition<D>);
@@ -235,6 +301,7 @@ void register_kernels(torch::Library& m) {
   m.impl("rectified_log_prob", &rectified_log_prob<D>);
   m.impl("rectified_log_prob_backward", &rectified_log_prob_backward<D>);
   m.impl("rectified_log_prob_all", &rectified_log_prob_all<D>);
+  m.impl("rectified_rsample_backward", &rectified_rsample_backward<D>);
 }
 
 }  // namespace
@@ -254,6 +321,18 @@ TORCH_LIBRARY_FRAGMENT(penact, m) {
   m.def(
       "rectified_log_prob_all(Tensor a, Tensor weight, Tensor scale, Tensor zero_mass, Tensor log_partition) "
       "-> Tensor");
+  m.def("rectified_rsample(Tensor weight, Tensor scale, Tensor zero_mass, Tensor labels, int seed, int offset) -> Tensor");
+  m.def(
+      "rectified_rsample_backward(Tensor grad, Tensor sample, Tensor weight, Tensor scale, Tensor zero_mass, "
+      "Tensor labels) -> (Tensor, Tensor, Tensor)");
+  m.def("rectified_mean(Tensor weight, Tensor scale, Tensor zero_mass) -> Tensor");
+  m.def(
+      "rectified_mean_backward(Tensor grad, Tensor weight, Tensor scale, Tensor zero_mass) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(penact, CompositeExplicitAutograd, m) {
+  m.impl("rectified_rsample", &rectified_rsample);
+  m.impl("rectified_mean", &rectified_mean);
 }
 
 TORCH_LIBRARY_IMPL(penact, CPU, m) { register_kernels<Device::kCPU>(m); }

@@ -82,6 +82,24 @@ struct RectifiedDensityParams {
   CheckStatus* status;        // the labels; slot 0 (activations; not checked by the backward)
 };
 
+// The backward of rectified_rsample (core/rectified.h, rectified_draw_derivatives): per non-zero
+// draw, its derivatives times the incoming gradient, summed per class (weight) and over all rows
+// (scale, zero mass), in float64.
+struct RectifiedRsampleBackwardParams {
+  const void* grad;          // [N, D] contiguous
+  const void* sample;        // [N, D] contiguous: the draws
+  const void* weight;        // [C, D]
+  const void* scale;         // [D]
+  const void* zero_mass;     // [D]
+  const int64_t* labels;     // [N]; outside [0, C): the row adds nothing and is reported
+  double* log_z;             // [C, D] workspace: log z(w_cj; s_j, m_j)
+  double* grad_weight;       // [C, D] zero-filled
+  double* column_sums;       // [2, D] zero-filled: the scale's and the zero mass's gradients
+  int64_t num_rows, num_classes, dim;
+  Dtype dtype;               // of grad, sample, weight, scale, zero_mass: float32 or float64
+  CheckStatus* status;       // the labels
+};
+
 namespace cpu {
 void rectified_base(const RectifiedBaseParams& params);
 void rectified_log_partition(const RectifiedTableParams& params);
@@ -90,6 +108,7 @@ void rectified_sample(const RectifiedSampleParams& params);
 void rectified_log_prob(const RectifiedDensityParams& params);
 void rectified_log_prob_all_epilogue(const RectifiedDensityParams& params);
 void rectified_log_prob_backward(const RectifiedDensityParams& params);
+void rectified_rsample_backward(const RectifiedRsampleBackwardParams& params);
 }  // namespace cpu
 
 }  // namespace penact
@@ -107,6 +126,8 @@ cudaError_t rectified_log_prob(const RectifiedDensityParams& params, cudaStream_
 cudaError_t rectified_log_prob_all_epilogue(const RectifiedDensityParams& params, cudaStream_t stream);
 // grad_weight and the column sums are added with atomics: their summation order varies run to run.
 cudaError_t rectified_log_prob_backward(const RectifiedDensityParams& params, cudaStream_t stream);
+// The weight's and the columns' sums by float64 atomics: their summation order varies run to run.
+cudaError_t rectified_rsample_backward(const RectifiedRsampleBackwardParams& params, cudaStream_t stream);
 }  // namespace cuda
 }  // namespace penact
 #endif

@@ -1,7 +1,7 @@
 """``penact demo``: train a small CNN on digits, fit the distribution its final layer defines, and
 check it against the real penultimate activations.
 
-What is checked (SPEC sections 1-2):
+What is checked (docs/model.md, sections 1-2):
 
 - the GD pair: on the sphere ``||x|| = r`` the generative classifier's posterior equals
   ``softmax(W x + b)``, at sampled and at real (normalized) activations, to rounding error;

@@ -1,6 +1,6 @@
 """``torch.distributions`` drop-ins on penact's fused kernels: :class:`VonMisesFisher` and
 :class:`HypersphericalUniform` on the unit sphere ``S^{D-1}``, with closed-form
-``torch.distributions.kl_divergence`` between them (SPEC section 2).
+``torch.distributions.kl_divergence`` between them (docs/model.md, section 2).
 
 Conventions are ``torch.distributions``': ``batch_shape = loc.shape[:-1]`` broadcast with
 ``concentration.shape``, ``event_shape = (D,)``, ``sample(sample_shape)`` returns
@@ -136,7 +136,7 @@ class VonMisesFisher(Distribution):
 
     @property
     def variance(self) -> Tensor:
-        """The diagonal of ``Cov[u] = (A/kappa) I + (1 - A^2 - D A/kappa) mu mu^T`` (SPEC section 3);
+        """The diagonal of ``Cov[u] = (A/kappa) I + (1 - A^2 - D A/kappa) mu mu^T`` (docs/model.md, section 4);
         ``A/kappa -> 1/D`` at ``kappa = 0``."""
         kappa = self.concentration
         positive = kappa > 0
@@ -291,7 +291,7 @@ class HypersphericalUniform(Distribution):
         return f"HypersphericalUniform(dim={self._dim}, batch_shape={tuple(self.batch_shape)}, dtype={self._dtype})"
 
 
-# -- closed-form KL divergences (SPEC section 2) ---------------------------------------------------
+# -- closed-form KL divergences (docs/model.md, section 2) ---------------------------------------------------
 
 
 def _check_same_sphere(p: Distribution, q: Distribution) -> int:

@@ -1,4 +1,4 @@
-"""50-digit references for the special functions (SPEC section 5), independent of penact's methods.
+"""50-digit references for the special functions (docs/model.md, section 6), independent of penact's methods.
 
 log I_v(x) comes from the integral representation
     I_v(x) = (x/2)^v / (sqrt(pi) Gamma(v + 1/2)) * int_{-1}^{1} (1 - t^2)^(v - 1/2) e^(x t) dt,

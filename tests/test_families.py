@@ -161,3 +161,23 @@ def test_drop_ins_with_a_trainable_linear(device, grad_mode, rng):
         if grad_mode == "grad":
             sum(v.mean() for v in values).backward()
             assert torch.isfinite(layer.weight.grad).all() and layer.weight.grad.abs().sum() > 0
+
+
+def test_protocol_copies(family, device, rng):
+    """detach, to and with_weight: shallow copies of the same distribution, no value check again."""
+    dist = fitted_family(family, rng, device=device)
+    live = dist.with_weight(dist.weight.detach().clone().requires_grad_(), dist.bias.detach())
+    assert live.weight.requires_grad and not live.detach().weight.requires_grad
+    assert type(live.detach()) is type(dist)
+    single = dist.to(dtype=torch.float32)
+    assert all(t.dtype == torch.float32 for t in vars(single).values() if isinstance(t, torch.Tensor))
+    labels = torch.arange(dist.num_classes, device=device)
+    torch.testing.assert_close(single.log_prob(single.sample(labels, seed=1), labels),
+                               dist.log_prob(single.sample(labels, seed=1).double(), labels).float(), rtol=1e-4,
+                               atol=1e-3)
+    rows = dist.with_weight(dist.weight[:2] * 2)
+    assert rows.num_classes == 2 and torch.equal(rows.bias, torch.zeros_like(rows.bias))
+    with pytest.raises(ValueError, match="weight must have shape"):
+        dist.with_weight(dist.weight[:, :-1])
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        dist.to(dtype=torch.float16)

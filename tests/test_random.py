@@ -1,4 +1,4 @@
-"""The randomness contract (SPEC section 4): row i depends only on (seed, offset + i, its label,
+"""The randomness contract (docs/randomness.md): row i depends only on (seed, offset + i, its label,
 the parameters), not on the batch, the split across threads, or other rows."""
 import pytest
 import torch

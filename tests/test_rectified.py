@@ -1,4 +1,4 @@
-"""The rectified family (SPEC section 2b): normalizer against numerical integration, the GD pair,
+"""The rectified family (docs/model.md, section 3): normalizer against numerical integration, the GD pair,
 sampling (zero fractions, KS tests against scipy's truncated normal, the exact inverse CDF of the
 documented Philox stream), the randomness contract, the MLE fit, gradients, opcheck, bad inputs."""
 import math

@@ -315,3 +315,29 @@ def test_bad_input_raises(rng):
         q.kl(RectifiedDistribution(other[:2], None, scale, zero_mass))
     with pytest.raises(ValueError, match="dtype torch.float64"):
         q.kl(RectifiedDistribution(other.float(), None, scale, zero_mass))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", ["few", "one per row"])
+def test_fused_backward_matches_its_torch_twin(dtype, classes, rng, device):
+    """The fused kernel against the float64 torch twin (penact.reference), with draws from every
+    regime (t = s w from -30 to 30, with and without atoms) and, as a VAE's posteriors have it, one
+    class per row; float64 throughout both, so they agree to rounding of the sums."""
+    weight, scale, zero_mass = regime_params(rng, dtype)
+    n = 600
+    if classes == "few":
+        weight = torch.cat([weight, 0.5 * weight, -weight])
+        labels = torch.randint(0, 3, (n,), generator=rng)
+    else:
+        weight = weight.repeat(n, 1) * (1 + 0.1 * torch.rand(n, 1, generator=rng, dtype=torch.float64)).to(dtype)
+        labels = torch.arange(n)
+    args = [t.to(device) for t in (weight, scale, zero_mass)]
+    sample = ops.rectified_sample(*args, labels.to(device), 5, 0)
+    grad = torch.randn(sample.shape, generator=rng, dtype=torch.float64).to(dtype).to(device)
+    fused = torch.ops.penact.rectified_rsample_backward(grad, sample, *args, labels.to(device))
+    twin = reference.rectified_rsample_backward(grad, sample, *args, labels.to(device))
+    for name, mine, theirs in zip(("weight", "scale", "zero_mass"), fused, twin):
+        assert mine.dtype == dtype and mine.shape == theirs.shape, name
+        scale_of_sum = theirs.double().abs().max().clamp_min(1)
+        torch.testing.assert_close(mine.double(), theirs.double(), rtol=1e-9 if dtype == torch.float64 else 1e-5,
+                                   atol=1e-9 * float(scale_of_sum), msg=name)

@@ -1,4 +1,4 @@
-"""Differentiable sampling (SPEC section 3, "Gradients of samples"): dt/dkappa against 50-digit
+"""Differentiable sampling (docs/model.md, "Gradients of samples"): dt/dkappa against 50-digit
 quadrature and closed forms, the D = 3 sampler's exact pathwise derivative (gradcheck), the
 mu-gradient against autograd of the projection, Monte Carlo gradients against closed forms and
 finite differences of expectations, weight gradients of PenultimateDistribution.rsample, opcheck
@@ -239,7 +239,7 @@ def mean_resultant_derivative(dim, kappa):
 )
 def test_kappa_gradient_of_mean_cosine(dim, kappa, n, rng):
     """d/dkappa E[t] = A_D'(kappa) by Monte Carlo: the mean of the per-draw implicit gradients is
-    within 5 standard errors. SPEC's figure: 0.147 at D = 5, kappa = 2, where differentiating the
+    within 5 standard errors. docs/model.md's figure: 0.147 at D = 5, kappa = 2, where differentiating the
     accepted proposal gives a biased 0.128 (that gap is 40 standard errors here)."""
     # one class per draw, so that the gradients come per draw
     mus = unit(rng, 1, dim).expand(n, dim).clone()
@@ -254,7 +254,7 @@ def test_kappa_gradient_of_mean_cosine(dim, kappa, n, rng):
 
 
 def test_gradients_of_a_quadratic_expectation(rng):
-    """E[(b . u)^2] = (A/k) ||b||^2 + (1 - D A/k) (b . mu)^2 (from Cov[u], SPEC section 3): its
+    """E[(b . u)^2] = (A/k) ||b||^2 + (1 - D A/k) (b . mu)^2 (from Cov[u], docs/model.md, section 2): its
     gradients in kappa and in the unit mu (through mu = w / ||w||) by Monte Carlo, against autograd
     of the closed form."""
     dim, kappa, n = 6, 3.0, 200000

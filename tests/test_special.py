@@ -1,4 +1,4 @@
-"""log I_v, A(v, x) and log C_D against 50-digit references (SPEC section 5), and their derivatives."""
+"""log I_v, A(v, x) and log C_D against 50-digit references (docs/model.md, section 6), and their derivatives."""
 import math
 
 import mpmath
@@ -86,7 +86,7 @@ def test_log_normalizer_closed_forms():
 
 def test_amos_bounds(rng):
     """Amos (1974): x / (v + 1/2 + sqrt(x^2 + (v + 3/2)^2)) <= A(v, x) <= x / (v + 1/2 + sqrt(x^2 + (v + 1/2)^2)),
-    an upper bound tighter than SPEC's x / (v + sqrt(x^2 + (v + 2)^2)), on fresh random points."""
+    an upper bound tighter than the Amos bound x / (v + sqrt(x^2 + (v + 2)^2)), on fresh random points."""
     v = 10 ** (5 * torch.rand(4000, generator=rng, dtype=torch.float64)) - 1
     x = 10 ** (17 * torch.rand(4000, generator=rng, dtype=torch.float64) - 10)
     a = ops.bessel_iv_ratio(v, x)

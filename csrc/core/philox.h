@@ -1,6 +1,6 @@
 // Philox4x32-10 (Salmon et al. 2011, as in cuRAND and PyTorch) and the draws built on it.
 //
-// Stream layout (SPEC section 4): the key is the 64-bit seed; the counter's high half is the
+// Stream layout (docs/randomness.md): the key is the 64-bit seed; the counter's high half is the
 // global row index (offset + i) and its low half the index of the draw within the row. A row's
 // draws therefore depend only on (seed, offset + i), whatever thread, block or rank computes it.
 // Within a row, blocks 0 .. 2^32 - 1 feed the direction's normals and blocks from 2^32 on feed the

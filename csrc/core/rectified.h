@@ -1,4 +1,4 @@
-// The rectified family of penultimate activations (SPEC section 2b), one coordinate at a time.
+// The rectified family of penultimate activations (docs/model.md, section 3), one coordinate at a time.
 //
 // With a scale s > 0, a zero mass m >= 0 and a class weight w, a coordinate has the base measure
 // nu(da) = m delta_0(da) + 1[a > 0] exp(-a^2 / (2 s^2)) da and the density exp(w a) / z w.r.t. nu:
@@ -13,7 +13,7 @@
 // in double: V's resolution would exceed 2^-24 / 2^-43) or alpha is far out (alpha > kInverseLimit),
 // the value comes from the coordinate's own stream instead: a 53-bit inverse, or Robert's sampler.
 //
-// Stream layout of rectified_sample (SPEC section 4: row i of a call draws only from the Philox
+// Stream layout of rectified_sample (docs/randomness.md: row i of a call draws only from the Philox
 // counters whose row half is offset + i, keyed by the seed). Coordinates come in spans that read
 // kSpanBlocks = 32 consecutive blocks (SIMD lanes on the CPU):
 //   float   span of 128: coordinate j reads word floor((j mod 128) / 32) of block
@@ -51,21 +51,40 @@ struct ExcessMoments {
   double m1, m2, m4;  // E[e], E[e^2], E[e^4] given Z > alpha
 };
 
+// T_1 .. T_4 of the continued fraction, for alpha >= kTailFractionFrom.
+struct FractionTails {
+  double t1, t2, t3, t4;
+};
+
+PENACT_HD FractionTails fraction_tails(double alpha) {
+  const int depth = 16 + static_cast<int>(640.0 / (alpha * alpha));
+  double tail = 0.0;
+  for (int n = depth; n > 4; --n) tail = n / (alpha + tail);
+  const double t4 = 4.0 / (alpha + tail);
+  const double t3 = 3.0 / (alpha + t4);
+  const double t2 = 2.0 / (alpha + t3);
+  return {1.0 / (alpha + t2), t2, t3, t4};
+}
+
+// alpha < kTailFractionFrom: log R = alpha^2 / 2 + log(sqrt(pi/2) erfc(alpha / sqrt 2)), with erfc
+// in (0.0027, 2] and alpha^2 / 2 formed exactly enough (huge only for very negative alpha, where R
+// is huge too).
+PENACT_HD double log_mills_by_erfc(double alpha) {
+  return 0.5 * alpha * alpha + log(kSqrtHalfPi * erfc(kInvSqrt2 * alpha));
+}
+
+// log R(x) for any x.
+PENACT_HD double log_mills_ratio(double x) {
+  return x >= kTailFractionFrom ? -log(x + fraction_tails(x).t1) : log_mills_by_erfc(x);
+}
+
 PENACT_HD ExcessMoments excess_moments(double alpha) {
   if (alpha >= kTailFractionFrom) {
-    const int depth = 16 + static_cast<int>(640.0 / (alpha * alpha));
-    double tail = 0.0;
-    for (int n = depth; n > 4; --n) tail = n / (alpha + tail);
-    const double t4 = 4.0 / (alpha + tail);
-    const double t3 = 3.0 / (alpha + t4);
-    const double t2 = 2.0 / (alpha + t3);
-    const double t1 = 1.0 / (alpha + t2);
-    return {-log(alpha + t1), t1, t1 * t2, t1 * t2 * t3 * t4};
+    const FractionTails t = fraction_tails(alpha);
+    return {-log(alpha + t.t1), t.t1, t.t1 * t.t2, t.t1 * t.t2 * t.t3 * t.t4};
   }
-  // alpha < 3: R = sqrt(pi/2) exp(alpha^2 / 2) erfc(alpha / sqrt 2), with erfc in (0.0027, 2] and
-  // alpha^2 / 2 formed exactly enough (huge only for very negative alpha, where R is huge too); the
-  // forward recurrence loses at most a factor ~20 here (at alpha = 3, E[e] = 1/R - alpha = 0.28).
-  const double log_mills = 0.5 * alpha * alpha + log(kSqrtHalfPi * erfc(kInvSqrt2 * alpha));
+  // The forward recurrence from R loses at most a factor ~20 here (at alpha = 3, E[e] = 1/R - alpha = 0.28).
+  const double log_mills = log_mills_by_erfc(alpha);
   const double m1 = exp(-log_mills) - alpha;
   const double m2 = 1.0 - alpha * m1;
   const double m3 = 2.0 * m1 - alpha * m2;
@@ -103,6 +122,25 @@ PENACT_HD RectifiedCoordinate rectified_coordinate(double w, double s, double m)
 
 PENACT_HD double rectified_log_z(double w, double s, double m) {
   return log_add_exp(log(m), log(s) + excess_moments(-s * w).log_mills);
+}
+
+// The derivatives of a non-zero draw a of class weight w (scale s, zero mass m, log z = log z(w;
+// s, m)) by implicit reparameterization of its coordinate's mixed CDF G = P0 + (1 - P0) F held
+// fixed (penact/ops/rectified.py has the derivation): with t = s w, x = a / s - t and
+// q = R(x) / z (<= 1 / s, so exp(log R - log z) never overflows),
+//     da/dw = s^2 (1 - s q + t m q),   da/ds = a / s + t (1 - s q) + (t^2 + 1) m q,   da/dm = -s q,
+// 1 - s q through expm1 (its digits where s q -> 1: m = 0 and t very negative). A draw at the atom
+// does not move (the caller skips it).
+struct DrawDerivatives {
+  double weight, scale, zero_mass;
+};
+
+PENACT_HD DrawDerivatives rectified_draw_derivatives(double a, double w, double s, double m, double log_z) {
+  const double t = s * w;
+  const double log_mills = log_mills_ratio(a / s - t);
+  const double q = exp(log_mills - log_z);
+  const double one_minus_sq = -expm1(log(s) + log_mills - log_z);
+  return {s * s * (one_minus_sq + t * m * q), a / s + t * one_minus_sq + (t * t + 1.0) * m * q, -s * q};
 }
 
 // The parameters' valid ranges (negated tests: NaN fails).

@@ -1,6 +1,6 @@
 // Modified Bessel functions of the first kind for the von Mises-Fisher family, in double:
 //   log I_v(x),  the ratio A(v, x) = I_{v+1}(x) / I_v(x),  log C_D(kappa).
-// Accurate to ~1e-14 relative for v in [0, 1e5], x in [0, 1e7] (SPEC section 5) and finite there.
+// Accurate to ~1e-14 relative for v in [0, 1e5], x in [0, 1e7] (docs/model.md, section 6) and finite there.
 //
 // Three regions, chosen so that no method is used where it loses accuracy:
 //   series     y = x^2/4 <= max(v + 1, 64): I_v(x) = (x/2)^v / Gamma(v+1) * 0F1(; v+1; y), a sum of
@@ -110,7 +110,7 @@ PENACT_HD double log_bessel_iv(double v, double x) { return bessel_iv(v, x).log_
 PENACT_HD double bessel_iv_ratio(double v, double x) { return bessel_iv(v, x).ratio; }
 
 // log C_D(kappa) = (D/2 - 1) log kappa - (D/2) log(2 pi) - log I_{D/2-1}(kappa), the log of the
-// vMF normalizer w.r.t. the uniform surface measure of the unit sphere (SPEC section 2). The
+// vMF normalizer w.r.t. the uniform surface measure of the unit sphere (docs/model.md, section 2). The
 // large terms v log kappa and log I_v cancel analytically in each region instead of numerically.
 PENACT_HD double vmf_log_normalizer(double dim, double kappa) {
   const double v = 0.5 * dim - 1.0;

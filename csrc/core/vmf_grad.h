@@ -1,5 +1,5 @@
 // The kappa-derivative of a vMF draw's cosine t = mu . u by implicit reparameterization
-// (Figurnov, Mohamed and Mnih 2018; SPEC section 3), in double, host and device.
+// (Figurnov, Mohamed and Mnih 2018; docs/model.md, section 4), in double, host and device.
 //
 // t has density p(t) proportional to exp(kappa t) (1 - t^2)^alpha on [-1, 1], alpha = (D - 3) / 2,
 // and CDF F(t; kappa). Holding F fixed while kappa moves gives

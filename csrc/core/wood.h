@@ -1,6 +1,6 @@
 // The component t = mu . u of a vMF draw on S^{D-1}, whose density is proportional to
 // exp(kappa t) (1 - t^2)^((D-3)/2) on [-1, 1]: Wood (1994) in the cancellation-free form of
-// SPEC section 3, the exact inverse CDF for D = 3, and the uniform law for kappa = 0 (which
+// docs/model.md (section 4), the exact inverse CDF for D = 3, and the uniform law for kappa = 0 (which
 // Wood's step covers with b = 1 and certain acceptance).
 #pragma once
 

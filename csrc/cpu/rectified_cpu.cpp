@@ -313,6 +313,70 @@ void log_prob_backward_typed(const RectifiedDensityParams& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The backward of rectified_rsample. Classes are split into at most kClassChunks fixed chunks; a
+// task takes a chunk, scans the rows in order and adds those of its classes (no two tasks write one
+// class), with the columns' sums per chunk, added in chunk order at the end: the result does not
+// depend on the number of threads.
+constexpr int64_t kClassChunks = 64;
+
+template <typename T>
+void rsample_backward_typed(const RectifiedRsampleBackwardParams& p) {
+  const int64_t n = p.num_rows, dim = p.dim, num_classes = p.num_classes;
+  const T* grad = static_cast<const T*>(p.grad);
+  const T* sample = static_cast<const T*>(p.sample);
+  const T* weight = static_cast<const T*>(p.weight);
+  std::vector<double> scale(static_cast<size_t>(dim)), zero_mass(static_cast<size_t>(dim));
+  for (int64_t j = 0; j < dim; ++j) {
+    scale[j] = static_cast<double>(static_cast<const T*>(p.scale)[j]);
+    zero_mass[j] = static_cast<double>(static_cast<const T*>(p.zero_mass)[j]);
+  }
+  std::vector<uint8_t> drawn(static_cast<size_t>(num_classes), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t y = p.labels[i];
+    if (y >= 0 && y < num_classes) {
+      drawn[y] = 1;
+    } else {
+      record_bad_label(*p.status, y);
+    }
+  }
+  at::parallel_for(0, num_classes, cell_grain(dim), [&](int64_t begin, int64_t end) {
+    for (int64_t y = begin; y < end; ++y) {
+      if (!drawn[y]) continue;
+      for (int64_t j = 0; j < dim; ++j) {
+        p.log_z[y * dim + j] = rectified_log_z(static_cast<double>(weight[y * dim + j]), scale[j], zero_mass[j]);
+      }
+    }
+  });
+  const int64_t chunk = (num_classes + kClassChunks - 1) / kClassChunks;
+  const int64_t chunks = (num_classes + chunk - 1) / chunk;
+  std::vector<double> columns(static_cast<size_t>(chunks * 2 * dim), 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+      const int64_t class_begin = c * chunk, class_end = std::min(num_classes, class_begin + chunk);
+      double* sum_scale = columns.data() + c * 2 * dim;
+      double* sum_zero_mass = sum_scale + dim;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t y = p.labels[i];
+        if (y < class_begin || y >= class_end) continue;
+        for (int64_t j = 0; j < dim; ++j) {
+          const double a = static_cast<double>(sample[i * dim + j]);
+          if (!(a > 0.0)) continue;  // the atom does not move
+          const double g = static_cast<double>(grad[i * dim + j]);
+          const DrawDerivatives d = rectified_draw_derivatives(a, static_cast<double>(weight[y * dim + j]), scale[j],
+                                                               zero_mass[j], p.log_z[y * dim + j]);
+          p.grad_weight[y * dim + j] += g * d.weight;
+          sum_scale[j] += g * d.scale;
+          sum_zero_mass[j] += g * d.zero_mass;
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t k = 0; k < 2 * dim; ++k) p.column_sums[k] += columns[c * 2 * dim + k];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Normalizers and moments: C x D evaluations of the core in double, rounded once.
 
 template <typename T>
@@ -395,6 +459,10 @@ void rectified_log_prob_all_epilogue(const RectifiedDensityParams& p) {
       log_prob_all_rows<W, X>(p, begin, end, found);
     });
   });
+}
+
+void rectified_rsample_backward(const RectifiedRsampleBackwardParams& p) {
+  dispatch_compute(p.dtype, [&](auto tag) { rsample_backward_typed<decltype(tag)>(p); });
 }
 
 void rectified_log_prob_backward(const RectifiedDensityParams& p) {

@@ -11,7 +11,8 @@
 //                  and drawn non-zero takes its value from that stream (rare, divergent);
 //   log_prob, log_prob_all epilogue   a team of lanes per row (as the sphere family's row kernel);
 //   backward       a thread per column over chunks of rows: grad_a and grad_weight per entry
-//                  (grad_weight by atomics), the column sums in registers, one atomic per chunk.
+//                  (grad_weight by atomics), the column sums in registers, one atomic per chunk;
+//   rsample backward   the same layout over the draws, after a table of log z per cell.
 // Parameter values are checked where they are read (the cells of class 0, or the base kernel);
 // labels where they are read, out of range: reported, the row NaN, never used as an index.
 #include "../core/rectified.h"
@@ -271,6 +272,19 @@ cudaError_t launch_density(const RectifiedDensityParams& p, cudaStream_t stream)
 
 constexpr int64_t kRowsPerChunk = 256;
 
+// Calls column(j, row_begin, row_end) for this thread's columns j and the block's chunks of rows.
+template <typename Column>
+__device__ __forceinline__ void for_each_column_chunk(int64_t num_rows, int64_t dim, const Column& column) {
+  const int64_t chunks = ceil_div(num_rows, kRowsPerChunk);
+  const int64_t column_stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+    const int64_t row_end = min(num_rows, (chunk + 1) * kRowsPerChunk);
+    for (int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; j < dim; j += column_stride) {
+      column(j, chunk * kRowsPerChunk, row_end);
+    }
+  }
+}
+
 template <typename X, typename W>
 __global__ void __launch_bounds__(kThreads) backward_kernel(const RectifiedDensityParams p) {
   const X* a = static_cast<const X*>(p.a);
@@ -279,34 +293,29 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const RectifiedDensi
   const W* grad = static_cast<const W*>(p.grad);
   X* grad_a = static_cast<X*>(p.grad_a);
   W* grad_weight = static_cast<W*>(p.grad_weight);
-  const int64_t n = p.num_rows, dim = p.dim;
-  const int64_t chunks = ceil_div(n, kRowsPerChunk);
-  const int64_t column_stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
-    const int64_t row_end = min(n, (chunk + 1) * kRowsPerChunk);
-    for (int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; j < dim; j += column_stride) {
-      const W hp = half_precision[j];
-      double sum_sq = 0.0, sum_zero = 0.0;
-      for (int64_t i = chunk * kRowsPerChunk; i < row_end; ++i) {
-        const int64_t y = p.labels[i];
-        if (!(y >= 0 && y < p.num_classes)) {
-          if (j == 0) report_bad_label(p.status, y);
-          if (grad_a != nullptr) grad_a[i * dim + j] = Element<X>::store(W(NAN));
-          continue;
-        }
-        const W av = Element<X>::template load<W>(a[i * dim + j]);
-        const W gi = grad[i];
-        if (grad_a != nullptr) grad_a[i * dim + j] = Element<X>::store(gi * (weight[y * dim + j] - W(2) * hp * av));
-        if (grad_weight != nullptr) atomicAdd(grad_weight + y * dim + j, gi * av);
-        sum_sq += static_cast<double>(gi * av * av);
-        sum_zero += av == W(0) ? static_cast<double>(gi) : 0.0;
+  const int64_t dim = p.dim;
+  for_each_column_chunk(p.num_rows, dim, [&](int64_t j, int64_t row_begin, int64_t row_end) {
+    const W hp = half_precision[j];
+    double sum_sq = 0.0, sum_zero = 0.0;
+    for (int64_t i = row_begin; i < row_end; ++i) {
+      const int64_t y = p.labels[i];
+      if (!(y >= 0 && y < p.num_classes)) {
+        if (j == 0) report_bad_label(p.status, y);
+        if (grad_a != nullptr) grad_a[i * dim + j] = Element<X>::store(W(NAN));
+        continue;
       }
-      if (p.column_sums != nullptr) {
-        atomicAdd(p.column_sums + j, sum_sq);
-        atomicAdd(p.column_sums + dim + j, sum_zero);
-      }
+      const W av = Element<X>::template load<W>(a[i * dim + j]);
+      const W gi = grad[i];
+      if (grad_a != nullptr) grad_a[i * dim + j] = Element<X>::store(gi * (weight[y * dim + j] - W(2) * hp * av));
+      if (grad_weight != nullptr) atomicAdd(grad_weight + y * dim + j, gi * av);
+      sum_sq += static_cast<double>(gi * av * av);
+      sum_zero += av == W(0) ? static_cast<double>(gi) : 0.0;
     }
-  }
+    if (p.column_sums != nullptr) {
+      atomicAdd(p.column_sums + j, sum_sq);
+      atomicAdd(p.column_sums + dim + j, sum_zero);
+    }
+  });
 }
 
 template <typename W>
@@ -322,6 +331,63 @@ __global__ void __launch_bounds__(kThreads) column_gradients_kernel(const Rectif
       static_cast<W*>(p.grad_zero_mass)[j] = static_cast<W>(sum_zero == 0.0 ? 0.0 : sum_zero / m);
     }
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The backward of rectified_rsample: log z per cell, then a thread per column over chunks of rows
+// (as the backward above), the derivatives of each non-zero draw by the core.
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) rsample_log_z_kernel(const RectifiedRsampleBackwardParams p) {
+  const T* weight = static_cast<const T*>(p.weight);
+  const T* scale = static_cast<const T*>(p.scale);
+  const T* zero_mass = static_cast<const T*>(p.zero_mass);
+  const int64_t cells = p.num_classes * p.dim;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t cell = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; cell < cells; cell += stride) {
+    const int64_t j = cell % p.dim;
+    p.log_z[cell] = rectified_log_z(static_cast<double>(weight[cell]), static_cast<double>(scale[j]),
+                                    static_cast<double>(zero_mass[j]));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) rsample_backward_kernel(const RectifiedRsampleBackwardParams p) {
+  const T* grad = static_cast<const T*>(p.grad);
+  const T* sample = static_cast<const T*>(p.sample);
+  const T* weight = static_cast<const T*>(p.weight);
+  const int64_t dim = p.dim;
+  for_each_column_chunk(p.num_rows, dim, [&](int64_t j, int64_t row_begin, int64_t row_end) {
+    const double s = static_cast<double>(static_cast<const T*>(p.scale)[j]);
+    const double m = static_cast<double>(static_cast<const T*>(p.zero_mass)[j]);
+    double sum_scale = 0.0, sum_zero_mass = 0.0;
+    for (int64_t i = row_begin; i < row_end; ++i) {
+      const int64_t y = p.labels[i];
+      if (!(y >= 0 && y < p.num_classes)) {
+        if (j == 0) report_bad_label(p.status, y);
+        continue;
+      }
+      const double a = static_cast<double>(sample[i * dim + j]);
+      if (!(a > 0.0)) continue;  // the atom does not move
+      const double g = static_cast<double>(grad[i * dim + j]);
+      const DrawDerivatives d =
+          rectified_draw_derivatives(a, static_cast<double>(weight[y * dim + j]), s, m, p.log_z[y * dim + j]);
+      atomicAdd(p.grad_weight + y * dim + j, g * d.weight);
+      sum_scale += g * d.scale;
+      sum_zero_mass += g * d.zero_mass;
+    }
+    atomicAdd(p.column_sums + j, sum_scale);
+    atomicAdd(p.column_sums + dim + j, sum_zero_mass);
+  });
+}
+
+// The grid of the column kernels: every column block, enough row chunks to fill the device.
+dim3 column_grid(int64_t num_rows, int64_t dim, int multiprocessors) {
+  const int64_t column_blocks = ceil_div(dim, kThreads);
+  const int64_t chunks = ceil_div(num_rows, kRowsPerChunk);
+  const int64_t wanted = ceil_div(static_cast<int64_t>(multiprocessors) * kBlocksPerSm * 4, column_blocks);
+  return dim3(static_cast<unsigned>(column_blocks),
+              static_cast<unsigned>(chunks < wanted ? chunks : wanted < 1 ? 1 : wanted));
 }
 
 // One thread per element of a [count]-sized loop: the grid that covers it (grid-stride beyond).
@@ -386,15 +452,23 @@ cudaError_t rectified_log_prob_backward(const RectifiedDensityParams& p, cudaStr
     cudaError_t error = cudaSuccess;
     const int multiprocessors = multiprocessor_count(&error);
     if (error != cudaSuccess) return error;
-    const int64_t column_blocks = ceil_div(p.dim, kThreads);
-    const int64_t chunks = ceil_div(p.num_rows, kRowsPerChunk);
-    // Enough (column block, chunk) pairs to fill the device; chunks beyond grid.y loop.
-    const int64_t wanted = ceil_div(static_cast<int64_t>(multiprocessors) * kBlocksPerSm * 4, column_blocks);
-    const dim3 grid(static_cast<unsigned>(column_blocks), static_cast<unsigned>(chunks < wanted ? chunks : wanted < 1 ? 1 : wanted));
-    backward_kernel<X, W><<<grid, kThreads, 0, stream>>>(p);
+    backward_kernel<X, W><<<column_grid(p.num_rows, p.dim, multiprocessors), kThreads, 0, stream>>>(p);
     error = cudaGetLastError();
     if (error != cudaSuccess || p.column_sums == nullptr) return error;
     return launch_elementwise(column_gradients_kernel<W>, p.dim, p, stream);
+  });
+}
+
+cudaError_t rectified_rsample_backward(const RectifiedRsampleBackwardParams& p, cudaStream_t stream) {
+  if (p.num_rows == 0 || p.dim == 0) return cudaSuccess;
+  return dispatch_compute(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    cudaError_t error = launch_elementwise(rsample_log_z_kernel<T>, p.num_classes * p.dim, p, stream);
+    if (error != cudaSuccess) return error;
+    const int multiprocessors = multiprocessor_count(&error);
+    if (error != cudaSuccess) return error;
+    rsample_backward_kernel<T><<<column_grid(p.num_rows, p.dim, multiprocessors), kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
   });
 }
 

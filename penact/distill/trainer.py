@@ -28,7 +28,7 @@ gloo on CPU) the student is wrapped in ``DistributedDataParallel``, a transfer t
 a ``DistributedSampler`` (a loader shards itself), ``batch_size`` is the global batch (each rank
 takes ``batch_size / world_size``), each rank synthesizes its share of the pool (then all ranks
 gather the whole pool), and rank ``r`` draws activations from the Philox offsets
-``r * 2**40 + counter`` (SPEC section 4), so no two ranks and no two draws share a stream.
+``r * 2**40 + counter`` (docs/randomness.md), so no two ranks and no two draws share a stream.
 
 Checkpoints hold the student, the teacher, the optimizer and schedule, the step, the sampler
 counter, the transfer data's position and the synthesis pool; every other random choice is a
@@ -237,7 +237,7 @@ class Distiller:
     # -- randomness ----------------------------------------------------------------------------
 
     def _reserve_offset(self, count: int) -> int:
-        """The Philox offset of this rank's next ``count`` draws (SPEC section 4: disjoint per rank)."""
+        """The Philox offset of this rank's next ``count`` draws (docs/randomness.md: disjoint per rank)."""
         if self.sample_counter + count > RANK_OFFSET_STRIDE:
             raise RuntimeError("this rank used up its 2**40 sampler counters")
         offset = self.rank * RANK_OFFSET_STRIDE + self.sample_counter

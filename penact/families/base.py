@@ -181,9 +181,13 @@ class ClassConditionalDistribution(abc.ABC):
     def log_prob(self, x: Tensor, labels: Tensor) -> Tensor:
         """``log p(x_i | y_i)``, ``[N]``."""
 
-    @abc.abstractmethod
     def log_prob_all(self, x: Tensor) -> Tensor:
         """``log p(x_i | c)`` for every class, ``[N, C]``."""
+        return self._log_prob_all(x, self.log_partition)
+
+    @abc.abstractmethod
+    def _log_prob_all(self, x: Tensor, log_partition: Tensor) -> Tensor:
+        """:meth:`log_prob_all` given ``log_partition`` (computed once by the mixture quantities)."""
 
     def sample_n(self, n: int, seed: int | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draws ``n`` pairs ``(x, y)`` from the joint: ``y ~ p(y)``, then ``x ~ p(x | y)``.
@@ -201,8 +205,9 @@ class ClassConditionalDistribution(abc.ABC):
         return self.sample(labels, seed=seed, offset=0), labels
 
     def log_joint_all(self, x: Tensor) -> Tensor:
-        """``log p(x_i, c) = log p(x_i | c) + log p(c)``, ``[N, C]``."""
-        return self.log_prob_all(x) + self.log_prior
+        """``log p(x_i, c) = log p(x_i | c) + log p(c)``, ``[N, C]`` (``log Z`` computed once)."""
+        log_partition = self.log_partition
+        return self._log_prob_all(x, log_partition) + torch.log_softmax(self.bias + log_partition, dim=0)
 
     def log_marginal(self, x: Tensor) -> Tensor:
         """``log p(x_i) = logsumexp_c log p(x_i, c)``, ``[N]`` (the free energy of the classifier)."""

@@ -152,9 +152,9 @@ class RectifiedDistribution(ClassConditionalDistribution):
         non-zero coordinates, counting measure at zero)."""
         return ops.rectified_log_prob(x, self.weight, self.scale, self.zero_mass, self.log_partition, labels)
 
-    def log_prob_all(self, x: Tensor) -> Tensor:
+    def _log_prob_all(self, x: Tensor, log_partition: Tensor) -> Tensor:
         """``log p(x_i | c)`` for every class, ``[N, C]`` (one matrix product)."""
-        return ops.rectified_log_prob_all(x, self.weight, self.scale, self.zero_mass, self.log_partition)
+        return ops.rectified_log_prob_all(x, self.weight, self.scale, self.zero_mass, log_partition)
 
     # -- closed forms --------------------------------------------------------------------------
 
@@ -167,7 +167,7 @@ class RectifiedDistribution(ClassConditionalDistribution):
         return ops.rectified_coordinate_stats(self.weight, self.scale, self.zero_mass)[1]
 
     def entropy(self) -> Tensor:
-        """Entropy of ``p(. | y)`` per class w.r.t. the base measure ``nu`` (SPEC section 2b: ``m_j``
+        """Entropy of ``p(. | y)`` per class w.r.t. the base measure ``nu`` (docs/model.md, section 3: ``m_j``
         times counting measure at 0 plus the Gaussian-weighted Lebesgue measure on ``(0, inf)``, not
         plain Lebesgue measure): ``-E[w_y . a - log Z_y] = log Z_y - w_y . E[a | y]``, ``[C]``."""
         return self.log_partition - (self.weight * self.mean()).sum(dim=1)

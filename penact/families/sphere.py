@@ -142,9 +142,9 @@ class SphereDistribution(ClassConditionalDistribution):
         """``log p(x_i | labels[i])`` at the direction of ``x: [N, D]``, ``[N]``."""
         return ops.vmf_log_prob(x, self.weight, self.log_normalizer, labels, self.radius)
 
-    def log_prob_all(self, x: Tensor) -> Tensor:
-        """``log p(x_i | c)`` for every class, ``[N, C]`` (one matrix product)."""
-        return ops.vmf_log_prob_all(x, self.weight, self.log_normalizer, self.radius)
+    def _log_prob_all(self, x: Tensor, log_partition: Tensor) -> Tensor:
+        """``log p(x_i | c)`` at the direction of ``x: [N, D]`` for every class, ``[N, C]`` (one matrix product)."""
+        return ops.vmf_log_prob_all(x, self.weight, -log_partition, self.radius)
 
     # -- closed forms: those of the drop-in VonMisesFisher, per class -----------------------------
 

@@ -25,7 +25,6 @@ vanishes. It is *not* unbiased for ``f`` discontinuous at 0, e.g. ``1[a = 0]``, 
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
@@ -244,70 +243,28 @@ torch.library.register_autograd("penact::rectified_log_prob_all", _log_prob_all_
 
 
 # ---------------------------------------------------------------------------------------------
-# Differentiable sampling and the differentiable mean: operators defined here, in Python (their
-# forward passes are the kernels above; their backward passes are composites of torch ops, run in
-# float64). Each backward is an operator of its own whose autograd refuses, so that a second
-# derivative raises instead of silently treating the float64 moments as constants.
+# Differentiable sampling and the differentiable mean (composites in csrc/rectified.cpp over the
+# kernels above). Their backward passes are operators of their own (rsample's a fused kernel on
+# every device, the mean's a float64 composite of torch operators); their autograd refuses, so
+# that a second derivative raises instead of silently treating the float64 moments as constants.
 
 
-@torch.library.custom_op("penact::rectified_rsample", mutates_args=())
-def _rectified_rsample(weight: Tensor, scale: Tensor, zero_mass: Tensor, labels: Tensor, seed: int,
-                       offset: int) -> Tensor:
-    return library.rectified_sample.default(weight, scale, zero_mass, labels, seed, offset)
-
-
-@_rectified_rsample.register_fake
+@torch.library.register_fake("penact::rectified_rsample")
 def _(weight, scale, zero_mass, labels, seed, offset):
     return weight.new_empty(labels.shape[0], weight.shape[1])
 
 
-def _log_mills_ratio(x: Tensor) -> Tensor:
-    """``log R(x) = log(Phibar(x) / phi(x))``: through erfcx for ``x >= 0`` (``R ~ 1 / x``, no
-    underflow), through log_ndtr for ``x < 0`` (``R ~ sqrt(2 pi) exp(x^2 / 2)``, no overflow)."""
-    right = x.clamp_min(0)
-    left = x.clamp_max(0)
-    log_right = torch.log(torch.special.erfcx(right / math.sqrt(2))) + 0.5 * math.log(math.pi / 2)
-    log_left = torch.special.log_ndtr(-left) + 0.5 * left * left + 0.5 * math.log(2 * math.pi)
-    return torch.where(x >= 0, log_right, log_left)
-
-
-@torch.library.custom_op("penact::rectified_rsample_backward", mutates_args=())
-def _rectified_rsample_backward(grad: Tensor, sample: Tensor, weight: Tensor, scale: Tensor, zero_mass: Tensor,
-                                labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    # The formulas of the module's docstring, per row, in float64. q = R(x) / z <= 1 / s never
-    # overflows as exp(log R(x) - log z); 1 - s q via expm1 keeps its digits where s q -> 1 (m = 0,
-    # t very negative: the draw is nearly exponential and da/dw ~ a / |w|).
-    labels = labels.long()
-    w64, s, m = weight.double(), scale.double(), zero_mass.double()
-    log_z = rectified_coordinate_stats(w64, s, m)[0].index_select(0, labels)
-    a = sample.double()
-    t = s * w64.index_select(0, labels)
-    log_mills = _log_mills_ratio(a / s - t)
-    q = torch.exp(log_mills - log_z)
-    one_minus_sq = -torch.expm1(torch.log(s) + log_mills - log_z)
-    g = torch.where(a > 0, grad.double(), torch.zeros_like(a))  # the atom does not move
-    grad_weight = torch.zeros_like(w64).index_add_(0, labels, g * s * s * (one_minus_sq + t * m * q))
-    grad_scale = (g * (a / s + t * one_minus_sq + (t * t + 1) * m * q)).sum(dim=0)
-    grad_zero_mass = -(g * q).sum(dim=0) * s
-    return grad_weight.to(weight.dtype), grad_scale.to(scale.dtype), grad_zero_mass.to(zero_mass.dtype)
-
-
-@_rectified_rsample_backward.register_fake
+@torch.library.register_fake("penact::rectified_rsample_backward")
 def _(grad, sample, weight, scale, zero_mass, labels):
     return torch.empty_like(weight), torch.empty_like(scale), torch.empty_like(zero_mass)
 
 
-@torch.library.custom_op("penact::rectified_mean", mutates_args=())
-def _rectified_mean(weight: Tensor, scale: Tensor, zero_mass: Tensor) -> Tensor:
-    return library.rectified_coordinate_stats.default(weight, scale, zero_mass)[2].clone()
-
-
-@_rectified_mean.register_fake
+@torch.library.register_fake("penact::rectified_mean")
 def _(weight, scale, zero_mass):
     return torch.empty_like(weight)
 
 
-@torch.library.custom_op("penact::rectified_mean_backward", mutates_args=())
+@torch.library.impl("penact::rectified_mean_backward", "CompositeExplicitAutograd")
 def _rectified_mean_backward(grad: Tensor, weight: Tensor, scale: Tensor,
                              zero_mass: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # E[a] = d log z / dw, so its derivatives are second derivatives of log z: Var[a] in w,
@@ -322,7 +279,7 @@ def _rectified_mean_backward(grad: Tensor, weight: Tensor, scale: Tensor,
     return grad_weight.to(weight.dtype), grad_scale.to(scale.dtype), grad_zero_mass.to(zero_mass.dtype)
 
 
-@_rectified_mean_backward.register_fake
+@torch.library.register_fake("penact::rectified_mean_backward")
 def _(grad, weight, scale, zero_mass):
     return torch.empty_like(weight), torch.empty_like(scale), torch.empty_like(zero_mass)
 

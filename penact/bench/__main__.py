@@ -1,0 +1,6 @@
+"""``python -m penact.bench``: the same as ``penact bench``."""
+import sys
+
+from . import cli
+
+sys.exit(cli())
