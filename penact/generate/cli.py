@@ -67,13 +67,14 @@ RECIPES = {
                      quick={"seeds": 1, "vae_steps": 300, "gan_steps": 300}),
     # MNIST: conv networks; steps and widths chosen on the validation split within the 2-core CPU
     # budget (docs/generate.md).
-    "mnist": Recipe(TrainConfig(vae_steps=1500, gan_steps=1000, architecture="conv", width=32,
-                                discriminator_lr=2e-4, discriminator="projection"),
+    "mnist": Recipe(TrainConfig(vae_steps=3000, gan_steps=1000, architecture="conv", width=32,
+                                discriminator_lr=2e-4, discriminator="both", onehot_discriminator="auxiliary",
+                                style_weight=4.0),
                     judge_epochs=8, judge_widths=(512, 128), validation_size=10000,
                     fidelity_targets={"sphere": 0.95, "rectified": 0.90},
                     quick={"seeds": 1, "teacher_epochs": 2, "judge_epochs": 2, "vae_steps": 200, "gan_steps": 150,
                            "per_class": 50},
-                    judge_options={"lr": 1e-3, "batch_size": 128}),
+                    judge_options={"lr": 1e-3, "batch_size": 128}, fit="calibrated"),
 }
 
 # Options whose default comes from the data set's recipe (its TrainConfig, or the recipe itself).

@@ -15,7 +15,8 @@ A model is named ``<kind>-<mode>``: kind ``vae`` or ``gan``; mode
 Training runs on any device: the networks, the images, the teacher's latent space and every draw
 of a step live there, and a step never makes the host wait for the GPU (``penact.training``):
 torch's random ops draw from a generator on the device, the families take their seeds from a CPU
-generator (a seed is a host integer), and the losses are read once per ``log_every`` steps.
+generator (a seed is a host integer), the operators skip their host-side value checks
+(``penact.ops.skip_device_checks``), and the losses are read once per ``log_every`` steps.
 
 Every penact model generates class ``y`` by decoding ``a ~ p(a | y)``, the teacher's distribution.
 Every VAE also has a Gaussian style code (``N(0, I)`` prior), so that the penact VAEs differ from
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..ops import skip_device_checks
 from ..training import IntervalMeans, synchronize
 from .families import LatentSpace, frozen
 from .networks import Decoder, Discriminator, FeatureEncoder, GaussianEncoder
@@ -151,13 +153,16 @@ def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images
                leave=False)
     interval = IntervalMeans()
     losses: dict[str, Tensor] = {}
-    for step in bar:
-        index = torch.randint(0, images.shape[0], (config.batch_size,), generator=draws, device=device)
-        losses = trainer.step(images[index], labels[index] if labels is not None else None)
-        if progress:
-            interval.add(losses)
-            if (step + 1) % log_every == 0:
-                bar.set_postfix({k: f"{v:.3g}" for k, v in interval.read().items()})
+    # The step's labels are the data's or drawn in range: the operators' host-side value checks
+    # (one GPU synchronization per call) are skipped.
+    with skip_device_checks():
+        for step in bar:
+            index = torch.randint(0, images.shape[0], (config.batch_size,), generator=draws, device=device)
+            losses = trainer.step(images[index], labels[index] if labels is not None else None)
+            if progress:
+                interval.add(losses)
+                if (step + 1) % log_every == 0:
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in interval.read().items()})
     bar.close()
     synchronize(device)  # the clock stops when the GPU has run the last step, not when it was queued
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
