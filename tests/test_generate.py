@@ -7,7 +7,6 @@ import json
 import math
 
 import matplotlib.image
-
 import numpy as np
 import pytest
 import scipy.linalg
@@ -18,9 +17,20 @@ from penact import PenultimateDistribution, RectifiedDistribution, cli, experime
 from penact.data import MnistSplit
 from penact.generate import LatentSpace, TrainConfig, frechet_distance, train_model
 from penact.generate import cli as generate_cli
-from penact.generate.families import SPREAD, calibrated, shuffle_within_class, with_spread
+from penact.generate.families import (
+    SPREAD,
+    calibrated,
+    shuffle_within_class,
+    with_spread,
+)
 from penact.generate.metrics import Judges, mean_pairwise_distance
-from penact.generate.networks import DISCRIMINATORS, Decoder, Discriminator, FeatureEncoder, JudgeMLP
+from penact.generate.networks import (
+    DISCRIMINATORS,
+    Decoder,
+    Discriminator,
+    FeatureEncoder,
+    JudgeMLP,
+)
 from penact.generate.trainers import MODELS, parse_model
 from penact.models import lenet5, teacher_cnn
 
@@ -182,6 +192,27 @@ def test_label_free_models_refuse_labels_and_others_require_them(small_setup):
         train_model("vae-other", teacher, None, images, labels, TINY, seed=0, progress=False)
 
 
+def test_training_steps_skip_the_operators_device_checks(small_setup, monkeypatch):
+    from penact import _C
+    from penact.generate import trainers
+
+    teacher, images, labels, spaces = small_setup
+    checking = []
+    step = trainers._GANTrainer.step
+
+    def recorded(self, *arguments):
+        previous = _C._set_device_checks(True)  # reads the switch, then puts it back
+        _C._set_device_checks(previous)
+        checking.append(previous)
+        return step(self, *arguments)
+
+    monkeypatch.setattr(trainers._GANTrainer, "step", recorded)
+    train_model("gan-labelled", teacher, spaces["sphere"], images, labels, TINY, seed=0, progress=False)
+    previous = _C._set_device_checks(True)
+    _C._set_device_checks(previous)
+    assert checking == [False] * TINY.gan_steps and previous  # off in every step, restored after
+
+
 def test_generate_command_writes_its_report(tmp_path, device):
     code = cli.main(["generate", "--seeds", "1", "--teacher-epochs", "1", "--judge-epochs", "1", "--vae-steps", "2",
                      "--gan-steps", "2", "--per-class", "3", "--models", "vae-onehot,vae-free,gan-labelled",
@@ -339,9 +370,10 @@ def test_reading_counts_the_teachers_hits_and_margins(np_rng):
     logits = a @ space.distribution.weight.T + space.distribution.bias
     own = logits.gather(1, labels[:, None]).squeeze(1)
     other = torch.stack([logits[i, [k for k in range(3) if k != labels[i]]].max() for i in range(50)])
-    share, margin = space.reading(a, labels)
+    share, margin, spread = space.reading(a, labels)
     assert share == pytest.approx(float((logits.argmax(1) == labels).double().mean()))
     assert margin == pytest.approx(float((own - other).mean()), rel=1e-9)
+    assert spread == pytest.approx(float(np.std((own - other).numpy(), ddof=1)), rel=1e-9)
 
 
 def test_judge_is_another_architecture():

@@ -35,7 +35,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .._random import stream_seed
-from ..experiments import DATASETS, add_device_argument, device_name, fit_distribution, get_dataset, git, prepare_teacher
+from ..experiments import (
+    DATASETS,
+    add_device_argument,
+    device_name,
+    fit_distribution,
+    get_dataset,
+    git,
+    prepare_teacher,
+)
 from ..models import accuracy, train_classifier
 from .families import FAMILIES, LatentSpace, calibrated, shuffle_within_class
 from .metrics import Judges
@@ -209,7 +217,8 @@ def condition_clarity(space: LatentSpace, features: torch.Tensor, labels: torch.
             "shuffled": (space.embed(shuffle_within_class(features, labels, generator)), labels)}
     clarity = {}
     for name, (a, a_labels) in sets.items():
-        clarity[name], clarity[f"{name}_margin"] = space.reading(a.to(space.distribution.weight.dtype), a_labels)
+        clarity[name], clarity[f"{name}_margin"], clarity[f"{name}_margin_std"] = space.reading(
+            a.to(space.distribution.weight.dtype), a_labels)
     return clarity
 
 
@@ -336,11 +345,11 @@ def run(args: argparse.Namespace, config: TrainConfig, settings: dict, name: str
     shared = (args, settings, split)
     if args.jobs == 1:
         executor = _InProcess(shared)
-        submit = lambda task, *arguments: executor.submit(task, *arguments)  # noqa: E731
+        submit = lambda task, *arguments: executor.submit(task, *arguments)
     else:
         executor = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork"),
                                        initializer=_start_worker, initargs=(args.threads or 1, shared))
-        submit = lambda task, *arguments: executor.submit(_in_worker, task, *arguments)  # noqa: E731
+        submit = lambda task, *arguments: executor.submit(_in_worker, task, *arguments)
     seeds = range(settings["seeds"])
     setups = [future.result() for future in [submit(prepare_seed, seed) for seed in seeds]]
     runs = _runs(args.models, args.families)
@@ -350,7 +359,8 @@ def run(args: argparse.Namespace, config: TrainConfig, settings: dict, name: str
     results = {}
     bar = tqdm(total=len(futures), desc="generate", unit="model", disable=args.no_progress)
     for future in as_completed(futures):
-        results[futures[future]] = record, images = future.result()
+        results[futures[future]] = future.result()
+        record = results[futures[future]][0]
         bar.update(1)
         bar.set_postfix_str(f"seed {record['seed']} {_label(record['model'], record['family'])}: "
                             f"judge {100 * record['judge_fidelity']:.1f}%")
@@ -424,53 +434,56 @@ def _cell(entry: dict, metric: str) -> str:
 
 
 def _clarity_lines(refs: list[dict]) -> list[str]:
-    lines = ["| family | samples read % | margin | real read % | margin | shuffled real read % | margin |",
+    lines = ["| family | samples read % | margin (sd) | real read % | margin (sd) | shuffled real read % | margin (sd) |",
              "|---|---|---|---|---|---|---|"]
     for family in refs[0]["condition_clarity"]:
         cells = []
         for key in ("samples", "real", "shuffled"):
             shares = [r["condition_clarity"][family][key] for r in refs]
-            margins = [r["condition_clarity"][family][f"{key}_margin"] for r in refs]
-            cells += [" / ".join(f"{100 * v:.1f}" for v in shares), f"{statistics.fmean(margins):.2f}"]
+            margin, spread = (statistics.fmean(r["condition_clarity"][family][f"{key}_{part}"] for r in refs)
+                              for part in ("margin", "margin_std"))
+            cells += [" / ".join(f"{100 * v:.1f}" for v in shares), f"{margin:.2f} ({spread:.2f})"]
         lines.append(f"| {family} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _markdown(summary: dict, command: str, settings: dict, name: str) -> str:
     refs = summary["references"]
-    mean = lambda key: statistics.fmean(r[key] for r in refs)  # noqa: E731
+    mean = lambda key: statistics.fmean(r[key] for r in refs)
     real = {k: statistics.fmean(r["real_train_split"][k] for r in refs) for k in refs[0]["real_train_split"]}
     split = "a validation split held out from the training images" if summary["validation"] else "the test split"
     lines = [f"# Generator transfer on {summary['dataset']} ({summary['date']})", "",
-             f"Command: `{command}`  ", f"Commit: `{summary['commit']}`, torch {summary['torch']}, "
-             f"{summary['jobs']} process(es) of {summary['threads']} thread(s), on {summary['device']}  ",
-             f"Wall time {summary['wall_seconds'] / 60:.1f} min, CPU time {summary['cpu_seconds'] / 60:.1f} min (all processes); "
-             f"load average {summary['load_before']:.1f} before, {summary['load_after']:.1f} after (other work "
-             "shares the machine)  ",
+             f"Command: `{command}`  ", (f"Commit: `{summary['commit']}`, torch {summary['torch']}, "
+                                         f"{summary['jobs']} process(es) of {summary['threads']} thread(s), on "
+                                         f"{summary['device']}  "),
+             (f"Wall time {summary['wall_seconds'] / 60:.1f} min, CPU time {summary['cpu_seconds'] / 60:.1f} min "
+              f"(all processes); load average {summary['load_before']:.1f} before, {summary['load_after']:.1f} after "
+              "(other work shares the machine)  "),
              "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
-             f"Scored against {split}. Teacher test accuracy {100 * mean('teacher_test_accuracy'):.2f}%, judge (pixel "
-             f"MLP) {100 * mean('judge_test_accuracy'):.2f}% (means over {len(refs)} seeds). Real training images "
-             f"({settings['per_class']} per class) scored like generated ones: teacher {100 * real['teacher_fidelity']:.1f}%, "
-             f"judge {100 * real['judge_fidelity']:.1f}%, Frechet {real['frechet']:.2f} (the floor at this size), "
-             f"diversity {real['diversity']:.2f}.", "",
-             "Fidelity: % of images generated for class y that the classifier assigns to y. Frechet: distance "
-             "between Gaussians fitted to the judge's features (its last hidden layer) of the generated images and "
-             "of the real reference images (lower is better). Diversity: mean pairwise feature distance within a "
-             "class, relative to real images (1 = as varied). Mean ± std over seeds.", "",
+             (f"Scored against {split}. Teacher test accuracy {100 * mean('teacher_test_accuracy'):.2f}%, judge "
+              f"(pixel MLP) {100 * mean('judge_test_accuracy'):.2f}% (means over {len(refs)} seeds). Real training "
+              f"images ({settings['per_class']} per class) scored like generated ones: teacher "
+              f"{100 * real['teacher_fidelity']:.1f}%, judge {100 * real['judge_fidelity']:.1f}%, Frechet "
+              f"{real['frechet']:.2f} (the floor at this size), diversity {real['diversity']:.2f}."), "",
+             ("Fidelity: % of images generated for class y that the classifier assigns to y. Frechet: distance "
+              "between Gaussians fitted to the judge's features (its last hidden layer) of the generated images and "
+              "of the real reference images (lower is better). Diversity: mean pairwise feature distance within a "
+              "class, relative to real images (1 = as varied). Mean ± std over seeds."), "",
              "| model | teacher fidelity % | judge fidelity % | Frechet | diversity | train s |",
              "|---|---|---|---|---|---|"]
     for key, entry in summary["table"].items():
         lines.append(f"| {key} | " + " | ".join(_cell(entry, m) for m in METRICS) + " |")
     lines += ["", "## The condition's class clarity", "",
-              "The share of activations the teacher reads as their class (per seed) and the mean margin "
-              "`log p(y|a) - max_{k != y} log p(k|a)`: the family's samples `a ~ p(a | y)` (what a penact generator "
-              "decodes), the real training activations, and the real activations shuffled coordinate by coordinate "
-              "within their class (the real per-class marginals under the family's independence of coordinates).", ""]
+              ("The share of activations the teacher reads as their class (per seed) and the margin "
+               "`log p(y|a) - max_{k != y} log p(k|a)` (its mean and, in brackets, its std, each averaged over "
+               "seeds): the family's samples `a ~ p(a | y)` (what a penact generator decodes), the real training "
+               "activations, and the real activations shuffled coordinate by coordinate within their class (the "
+               "real per-class marginals under the family's independence of coordinates)."), ""]
     lines += _clarity_lines(refs)
     lines += ["", "## Targets", ""]
     lines += [f"- {'met' if v['met'] else 'MISSED'}: {v['target']}: {v['measured']}" for v in summary["targets"]]
-    lines += ["", f"Sample grids (seed 0, one row per class): `{name}/<model>-<family>.png`, real reference images in "
-              f"`{name}/real-test.png`.", ""]
+    lines += ["", (f"Sample grids (seed 0, one row per class): `{name}/<model>-<family>.png`, real reference images "
+                   f"in `{name}/real-test.png`."), ""]
     return "\n".join(lines)
 
 

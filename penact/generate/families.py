@@ -43,7 +43,7 @@ class LatentSpace:
         self.distribution = distribution.latent_prior()
         self.posterior_size = self.distribution.centred_weight_size
 
-    def to(self, device: torch.device | str) -> "LatentSpace":
+    def to(self, device: torch.device | str) -> LatentSpace:
         """This space with its distribution on ``device`` (moved without the constructor's value
         checks, which synchronize with a GPU)."""
         moved = copy.copy(self)
@@ -76,14 +76,17 @@ class LatentSpace:
         x = self.embed(features)
         return torch.log_softmax(x @ self.distribution.weight.T + self.distribution.bias, dim=1)
 
-    def reading(self, a: Tensor, labels: Tensor) -> tuple[float, float]:
+    def reading(self, a: Tensor, labels: Tensor) -> tuple[float, float, float]:
         """How class-clear activations ``a: [N, D]`` of classes ``labels: [N]`` are to the teacher:
-        ``(share read as their class, mean margin)``, the margin ``log p(y | a) - max_{k != y} log p(k | a)``
-        (the logit margin; negative where the teacher reads another class)."""
+        ``(share read as their class, mean margin, margin std)``, the margin ``log p(y | a) -
+        max_{k != y} log p(k | a)`` (the logit margin; negative where the teacher reads another
+        class). At one mean margin, a wider spread puts more activations below zero."""
         log_posterior = self.class_log_posterior(a)
         own = log_posterior.gather(1, labels[:, None]).squeeze(1)
         other = log_posterior.scatter(1, labels[:, None], -math.inf).max(dim=1).values
-        return float((log_posterior.argmax(dim=1) == labels).double().mean()), float((own - other).mean())
+        margin = own - other
+        return (float((log_posterior.argmax(dim=1) == labels).double().mean()), float(margin.mean()),
+                float(margin.std()))
 
     def log_prior_density(self, a: Tensor, labels: Tensor | None) -> Tensor:
         """``log p(a | y)`` (labelled) or ``log p(a) = log sum_y p(y) p(a | y)`` (``labels=None``), ``[N]``."""
@@ -91,7 +94,7 @@ class LatentSpace:
             return self.distribution.log_marginal(a)
         return self.distribution.log_prob(a, labels)
 
-    def posterior(self, features: Tensor, correction: Tensor) -> "Posterior":
+    def posterior(self, features: Tensor, correction: Tensor) -> Posterior:
         """The VAE posterior for images whose teacher activations are ``features: [N, D]``, moved by
         an encoder's ``correction: [N, posterior_size]`` (zero: centred on the activation)."""
         if correction.dim() != 2 or correction.shape != (features.shape[0], self.posterior_size):
@@ -114,7 +117,7 @@ class Posterior:
     def batch_size(self) -> int:
         return self.rows.shape[0]
 
-    def repeat(self, times: int) -> "Posterior":
+    def repeat(self, times: int) -> Posterior:
         """The rows repeated ``times`` times (row ``k N + i`` is row ``i``)."""
         return Posterior(self.space, self.dist.with_weight(self.dist.weight.repeat(times, 1)))
 

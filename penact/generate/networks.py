@@ -18,6 +18,7 @@ penact encoder reads the teacher's convolutional features besides).
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -30,7 +31,7 @@ ARCHITECTURES = ("mlp", "conv")
 
 def _mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, wrap=lambda layer: layer) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(wrap(nn.Linear(fan_in, fan_out)))
         if i < len(sizes) - 2:
             layers.append(activation())
