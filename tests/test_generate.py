@@ -1,21 +1,38 @@
 """Generator transfer (penact.generate): the metrics against independent references, the latent
 spaces' KL terms against Monte Carlo, the trainers' contracts (label-free models refuse labels,
 seeded runs repeat, on every available device) and the command on a tiny run."""
+import argparse
+import dataclasses
 import json
 import math
 
+import matplotlib.image
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 from torch import nn
 
-from penact import PenultimateDistribution, RectifiedDistribution, cli
+from penact import PenultimateDistribution, RectifiedDistribution, cli, experiments
+from penact.data import MnistSplit
 from penact.generate import LatentSpace, TrainConfig, frechet_distance, train_model
+from penact.generate import cli as generate_cli
+from penact.generate.families import (
+    SPREAD,
+    calibrated,
+    shuffle_within_class,
+    with_spread,
+)
 from penact.generate.metrics import Judges, mean_pairwise_distance
-from penact.generate.networks import FeatureEncoder, JudgeMLP
+from penact.generate.networks import (
+    DISCRIMINATORS,
+    Decoder,
+    Discriminator,
+    FeatureEncoder,
+    JudgeMLP,
+)
 from penact.generate.trainers import MODELS, parse_model
-from penact.models import teacher_cnn
+from penact.models import lenet5, teacher_cnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add noise and time
 
@@ -175,6 +192,27 @@ def test_label_free_models_refuse_labels_and_others_require_them(small_setup):
         train_model("vae-other", teacher, None, images, labels, TINY, seed=0, progress=False)
 
 
+def test_training_steps_skip_the_operators_device_checks(small_setup, monkeypatch):
+    from penact import _C
+    from penact.generate import trainers
+
+    teacher, images, labels, spaces = small_setup
+    checking = []
+    step = trainers._GANTrainer.step
+
+    def recorded(self, *arguments):
+        previous = _C._set_device_checks(True)  # reads the switch, then puts it back
+        _C._set_device_checks(previous)
+        checking.append(previous)
+        return step(self, *arguments)
+
+    monkeypatch.setattr(trainers._GANTrainer, "step", recorded)
+    train_model("gan-labelled", teacher, spaces["sphere"], images, labels, TINY, seed=0, progress=False)
+    previous = _C._set_device_checks(True)
+    _C._set_device_checks(previous)
+    assert checking == [False] * TINY.gan_steps and previous  # off in every step, restored after
+
+
 def test_generate_command_writes_its_report(tmp_path, device):
     code = cli.main(["generate", "--seeds", "1", "--teacher-epochs", "1", "--judge-epochs", "1", "--vae-steps", "2",
                      "--gan-steps", "2", "--per-class", "3", "--models", "vae-onehot,vae-free,gan-labelled",
@@ -182,15 +220,189 @@ def test_generate_command_writes_its_report(tmp_path, device):
                      "--device", device])
     assert code == 0
     report = json.loads((tmp_path / "tiny.json").read_text())
-    assert report["device"].startswith(device)
+    assert report["device"].startswith(device) and report["dataset"] == "digits"
     assert set(report["table"]) == {"vae-onehot", "vae-free (rectified)", "gan-labelled (rectified)"}
-    reading = report["references"][0]["sample_reading"]
-    assert set(reading) == {"rectified"} and 0 <= reading["rectified"] <= 1
+    clarity = report["references"][0]["condition_clarity"]["rectified"]
+    assert all(0 <= clarity[key] <= 1 for key in ("samples", "real", "shuffled"))
     assert [v["target"] for v in report["targets"]] == ["vae-free (rectified): judge fidelity >= 85%"]
     assert "| vae-free (rectified) |" in (tmp_path / "tiny.md").read_text()
     grids = sorted(p.name for p in (tmp_path / "tiny").iterdir())
     assert grids == ["gan-labelled-rectified.png", "real-test.png", "vae-free-rectified.png", "vae-onehot.png"]
 
 
+def test_worker_processes_give_the_results_of_one_process(tmp_path):
+    """--jobs 2: the same scores, seed by seed, as --jobs 1 (every task draws from its own streams)."""
+    reports = []
+    for jobs in (1, 2):
+        assert cli.main(["generate", "--seeds", "2", "--teacher-epochs", "1", "--judge-epochs", "1", "--vae-steps", "2",
+                         "--gan-steps", "2", "--per-class", "3", "--models", "vae-free,gan-onehot",
+                         "--families", "sphere", "--jobs", str(jobs), "--out", str(tmp_path), "--name", f"jobs{jobs}",
+                         "--no-progress"]) == 0
+        report = json.loads((tmp_path / f"jobs{jobs}.json").read_text())
+        reports.append(([{k: v for k, v in r.items() if not k.startswith("train_")} for r in report["records"]],
+                        report["references"]))
+    assert reports[0] == reports[1]
+
+
+@pytest.fixture
+def fake_mnist(monkeypatch):
+    """MNIST's shapes (28x28, 10 classes) at 120 + 40 random images: ``penact generate --dataset
+    mnist`` never touches the real data in the tests."""
+    generator = torch.Generator().manual_seed(0)
+    split = MnistSplit(torch.rand(120, 1, 28, 28, generator=generator), torch.arange(10).repeat(12),
+                       torch.rand(40, 1, 28, 28, generator=generator), torch.arange(10).repeat(4))
+    monkeypatch.setitem(experiments.DATASETS, "mnist",
+                        dataclasses.replace(experiments.DATASETS["mnist"], load=lambda: split))
+    return split
+
+
+def test_mnist_command_uses_conv_networks_and_its_validation_split(tmp_path, fake_mnist, monkeypatch):
+    monkeypatch.setitem(generate_cli.RECIPES, "mnist",
+                        dataclasses.replace(generate_cli.RECIPES["mnist"], validation_size=60))
+    code = cli.main(["generate", "--dataset", "mnist", "--validation", "--seeds", "2", "--teacher-epochs", "1",
+                     "--judge-epochs", "1", "--vae-steps", "2", "--gan-steps", "2", "--per-class", "2", "--width", "4",
+                     "--models", "vae-labelled,gan-onehot,gan-labelled", "--families", "sphere",
+                     "--discriminator", "both", "--onehot-discriminator", "auxiliary", "--fit", "calibrated", "--out", str(tmp_path), "--name", "tiny", "--no-progress"])
+    assert code == 0
+    report = json.loads((tmp_path / "tiny.json").read_text())
+    assert report["dataset"] == "mnist" and report["validation"]
+    assert report["settings"]["architecture"] == "conv" and report["settings"]["discriminator"] == "both"
+    assert report["settings"]["onehot_discriminator"] == "auxiliary"
+    assert all(0.25 <= r["spread_factor"]["sphere"] <= 4 for r in report["references"])
+    assert [v["target"] for v in report["targets"]] == [  # no vae-onehot: no twin for vae-labelled
+        "gan-labelled (sphere) judge fidelity at least gan-onehot's (paired, within 2 se)",
+        "gan-labelled (sphere) Frechet distance at most gan-onehot's (paired, within 2 se)"]
+    assert {r["seed"] for r in report["records"]} == {0, 1}
+    grid = matplotlib.image.imread(tmp_path / "tiny" / "gan-onehot.png")
+    assert grid.shape[:2] == (10 * 29 + 1, 2 * 29 + 1)  # 28x28 images at scale 1, 1-pixel gaps
+
+
+def test_quick_and_explicit_options_resolve_over_the_recipe(fake_mnist):
+    parser = argparse.ArgumentParser()
+    generate_cli.add_arguments(parser)
+    config, settings = generate_cli.resolve(parser.parse_args(["--dataset", "mnist", "--quick", "--gan-steps", "7"]))
+    quick = generate_cli.RECIPES["mnist"].quick
+    assert config.vae_steps == quick["vae_steps"] and config.gan_steps == 7 and config.architecture == "conv"
+    assert settings["seeds"] == 1 and settings["teacher_epochs"] == quick["teacher_epochs"]
+    config, settings = generate_cli.resolve(parser.parse_args([]))
+    assert config == TrainConfig() and settings["seeds"] == 3 and settings["teacher_epochs"] == 20
+
+
+def test_paired_targets_allow_two_standard_errors():
+    records = [{"model": model, "family": family, "seed": seed, "judge_fidelity": fidelity, "frechet": frechet,
+                **dict.fromkeys(("teacher_fidelity", "diversity", "train_seconds"), 0.0)}
+               for seed, (ours, theirs) in enumerate([((0.90, 5.0), (0.95, 4.0)), ((0.96, 5.2), (0.95, 4.0)),
+                                                      ((0.93, 5.8), (0.95, 5.0))])
+               for (model, family), (fidelity, frechet) in ((("vae-labelled", "sphere"), ours),
+                                                            (("vae-onehot", None), theirs))]
+    mean, se = generate_cli.paired_difference(records, "vae-labelled (sphere)", "vae-onehot", "judge_fidelity")
+    differences = [-0.05, 0.01, -0.02]
+    assert mean == pytest.approx(sum(differences) / 3) and se == pytest.approx(np.std(differences, ddof=1) / math.sqrt(3))
+    verdicts = generate_cli.targets(records, generate_cli.summarize(records), ["sphere"], {"sphere": 0.9})
+    met = {v["target"].split(" ")[2]: v["met"] for v in verdicts}
+    # fidelity: -0.020 >= -2 * 0.018 (met); Frechet: +1.0 > 2 * 0.115 (missed)
+    assert met == {"judge": True, "Frechet": False}
+
+
+@pytest.mark.parametrize("architecture,shape", [("mlp", (1, 8, 8)), ("conv", (1, 8, 8)), ("conv", (1, 28, 28))])
+def test_networks_map_images_and_conditions_to_their_shapes(architecture, shape):
+    torch.manual_seed(0)
+    decoder = Decoder(3, 5, shape, architecture, width=4)
+    images = torch.sigmoid(decoder(torch.randn(6, 3), torch.randn(6, 5)))
+    assert images.shape == (6, *shape)
+    condition = torch.randn(6, 5)
+    for heads in DISCRIMINATORS:
+        scores, logits = Discriminator(5, 10, heads, shape, architecture, width=4)(images, condition)
+        assert scores.shape == (6,) and (logits is None) == (heads == "projection")
+        assert logits is None or logits.shape == (6, 10)
+    # The auxiliary-only discriminator does not read the condition (eval: spectral norm's power
+    # iteration would move between the two calls).
+    auxiliary = Discriminator(5, 10, "auxiliary", shape, architecture, width=4).eval()
+    torch.testing.assert_close(auxiliary(images, condition)[0], auxiliary(images, torch.zeros(6, 5))[0])
+    assert any(isinstance(m, nn.ConvTranspose2d) for m in decoder.modules()) == (architecture == "conv")
+
+
+def test_conv_networks_refuse_sides_not_divisible_by_four():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        Decoder(3, 5, (1, 30, 30), "conv")
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        Discriminator(5, 10, "projection", (1, 8, 8), "resnet")
+    with pytest.raises(ValueError, match="heads must be one of"):
+        Discriminator(5, 10, "projected")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_trains_at_28x28_with_conv_networks(name, device):
+    """The LeNet-5 teacher on 28x28 images, conv decoders and every discriminator's heads."""
+    torch.manual_seed(0)
+    teacher = lenet5()
+    images, labels = torch.rand(30, 1, 28, 28), torch.arange(10).repeat(3)
+    with torch.no_grad():
+        features = teacher.features(images) + 0.1  # no dead units: the rectified fit needs some non-zeros
+    spaces = {"sphere": LatentSpace(PenultimateDistribution.fit(teacher.fc, features, labels, radius="norm")),
+              "rectified": LatentSpace(RectifiedDistribution.fit(teacher.fc, features, labels))}
+    mode = parse_model(name)[1]
+    heads = list(DISCRIMINATORS) if parse_model(name)[0] == "gan" else ["projection"]
+    for family, head in [(f, h) for f in ([None] if mode == "onehot" else list(spaces)) for h in heads]:
+        config = dataclasses.replace(TINY, architecture="conv", width=4, discriminator=head,
+                                     onehot_discriminator=head, style_weight=4.0)
+        runs = [train_model(name, teacher, spaces.get(family), images, None if mode == "free" else labels, config,
+                            seed=5, progress=False, device=device).generator.generate(
+                    torch.arange(10), torch.Generator().manual_seed(2)) for _ in range(2)]
+        assert runs[0].shape == (10, 1, 28, 28) and runs[0].device.type == device
+        assert torch.equal(runs[0], runs[1]), f"{name} ({family}, {head}) is not repeatable under a seed"
+
+
+def test_shuffle_within_class_keeps_each_class_column_and_breaks_the_rows(rng):
+    a = torch.randn(60, 5, generator=rng)
+    labels = torch.arange(3).repeat(20)
+    shuffled = shuffle_within_class(a, labels, rng)
+    for c in range(3):
+        torch.testing.assert_close(shuffled[labels == c].sort(dim=0).values, a[labels == c].sort(dim=0).values,
+                                   rtol=0, atol=0)
+    assert not torch.equal(shuffled, a)
+
+
+def test_reading_counts_the_teachers_hits_and_margins(np_rng):
+    space = _spaces(np_rng, dim=4, classes=3)[1]  # rectified: embed is the identity
+    a = torch.from_numpy(np_rng.uniform(0, 2, (50, 4)))
+    labels = torch.from_numpy(np_rng.integers(0, 3, 50))
+    logits = a @ space.distribution.weight.T + space.distribution.bias
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    other = torch.stack([logits[i, [k for k in range(3) if k != labels[i]]].max() for i in range(50)])
+    share, margin, spread = space.reading(a, labels)
+    assert share == pytest.approx(float((logits.argmax(1) == labels).double().mean()))
+    assert margin == pytest.approx(float((own - other).mean()), rel=1e-9)
+    assert spread == pytest.approx(float(np.std((own - other).numpy(), ddof=1)), rel=1e-9)
+
+
 def test_judge_is_another_architecture():
     assert not any(isinstance(m, nn.Conv2d) for m in JudgeMLP(10).modules())
+
+
+@pytest.mark.parametrize("family", [0, 1], ids=["sphere", "rectified"])
+def test_calibrated_fit_matches_the_real_margin_and_keeps_the_classifier(np_rng, family):
+    """Real activations drawn from the family at twice its spread: the calibration finds a factor
+    whose draws have their margin, and the weights (the GD pair's classifier) are untouched."""
+    space = _spaces(np_rng, dim=6, classes=3)[family]
+    distribution = space.distribution
+    labels = torch.arange(3).repeat_interleave(2000)
+    generator = torch.Generator().manual_seed(int(np_rng.integers(2**62)))
+    real = with_spread(distribution, 2.0).sample(labels, generator=generator)
+    fitted, factor = calibrated(distribution, real, labels, seed=3, per_class=2000)
+    target = LatentSpace(distribution).reading(distribution.support(real), labels)[1]
+    draws = LatentSpace(fitted).prior_sample(labels, torch.Generator().manual_seed(3))
+    assert LatentSpace(fitted).reading(draws, labels)[1] == pytest.approx(target, abs=1e-3)
+    assert factor > 1  # the real draws lie further out than those of the spread they are measured against
+    assert torch.equal(fitted.weight, distribution.weight) and torch.equal(fitted.bias, distribution.bias)
+    assert getattr(distribution, SPREAD[distribution.name]) is not getattr(fitted, SPREAD[distribution.name])
+
+
+def test_with_spread_refuses_a_family_it_does_not_know(np_rng):
+    class Other(PenultimateDistribution):
+        name = "other"
+
+    distribution = _spaces(np_rng)[0].distribution
+    other = Other(distribution.weight, distribution.bias, radius=1.0)
+    with pytest.raises(ValueError, match="no spread parameter"):
+        with_spread(other, 2.0)

@@ -4,4 +4,4 @@ from .families import FAMILIES, LatentSpace
 from .metrics import Judges, Scores, frechet_distance
 from .trainers import MODELS, TrainConfig, train_model
 
-__all__ = ["FAMILIES", "LatentSpace", "Judges", "Scores", "frechet_distance", "MODELS", "TrainConfig", "train_model"]
+__all__ = ["FAMILIES", "MODELS", "Judges", "LatentSpace", "Scores", "TrainConfig", "frechet_distance", "train_model"]

@@ -43,7 +43,7 @@ class LatentSpace:
         self.distribution = distribution.latent_prior()
         self.posterior_size = self.distribution.centred_weight_size
 
-    def to(self, device: torch.device | str) -> "LatentSpace":
+    def to(self, device: torch.device | str) -> LatentSpace:
         """This space with its distribution on ``device`` (moved without the constructor's value
         checks, which synchronize with a GPU)."""
         moved = copy.copy(self)
@@ -76,13 +76,25 @@ class LatentSpace:
         x = self.embed(features)
         return torch.log_softmax(x @ self.distribution.weight.T + self.distribution.bias, dim=1)
 
+    def reading(self, a: Tensor, labels: Tensor) -> tuple[float, float, float]:
+        """How class-clear activations ``a: [N, D]`` of classes ``labels: [N]`` are to the teacher:
+        ``(share read as their class, mean margin, margin std)``, the margin ``log p(y | a) -
+        max_{k != y} log p(k | a)`` (the logit margin; negative where the teacher reads another
+        class). At one mean margin, a wider spread puts more activations below zero."""
+        log_posterior = self.class_log_posterior(a)
+        own = log_posterior.gather(1, labels[:, None]).squeeze(1)
+        other = log_posterior.scatter(1, labels[:, None], -math.inf).max(dim=1).values
+        margin = own - other
+        return (float((log_posterior.argmax(dim=1) == labels).double().mean()), float(margin.mean()),
+                float(margin.std()))
+
     def log_prior_density(self, a: Tensor, labels: Tensor | None) -> Tensor:
         """``log p(a | y)`` (labelled) or ``log p(a) = log sum_y p(y) p(a | y)`` (``labels=None``), ``[N]``."""
         if labels is None:
             return self.distribution.log_marginal(a)
         return self.distribution.log_prob(a, labels)
 
-    def posterior(self, features: Tensor, correction: Tensor) -> "Posterior":
+    def posterior(self, features: Tensor, correction: Tensor) -> Posterior:
         """The VAE posterior for images whose teacher activations are ``features: [N, D]``, moved by
         an encoder's ``correction: [N, posterior_size]`` (zero: centred on the activation)."""
         if correction.dim() != 2 or correction.shape != (features.shape[0], self.posterior_size):
@@ -105,7 +117,7 @@ class Posterior:
     def batch_size(self) -> int:
         return self.rows.shape[0]
 
-    def repeat(self, times: int) -> "Posterior":
+    def repeat(self, times: int) -> Posterior:
         """The rows repeated ``times`` times (row ``k N + i`` is row ``i``)."""
         return Posterior(self.space, self.dist.with_weight(self.dist.weight.repeat(times, 1)))
 
@@ -151,6 +163,65 @@ class Posterior:
         log_q = torch.log(class_posterior.clamp_min(torch.finfo(class_posterior.dtype).tiny))
         class_kl = (class_posterior * (log_q - self.space.distribution.log_prior)).sum(dim=1)
         return class_kl + (class_posterior * self.kl_to_classes()).sum(dim=1)
+
+
+# The base-measure parameter of each family that sets how far its draws lie along their class's
+# weight, the one a calibrated fit rescales: the sphere's radius (kappa_y = r ||w_y||) and the
+# rectified family's scales (the non-zero part of a_j is N(s_j^2 w_yj, s_j^2) truncated to a > 0).
+# Any value keeps the GD pair: p(y | a) = softmax(W a + b) for every radius and scale.
+SPREAD = {"sphere": "radius", "rectified": "scale"}
+
+
+def with_spread(distribution: ClassConditionalDistribution, factor: float) -> ClassConditionalDistribution:
+    """``distribution`` with its spread parameter (:data:`SPREAD`) multiplied by ``factor > 0``.
+
+    Raises:
+        ValueError: a family without an entry in :data:`SPREAD`.
+    """
+    if distribution.name not in SPREAD:
+        raise ValueError(f"no spread parameter is known for the {distribution.name!r} family (SPREAD: {tuple(SPREAD)})")
+    spread = copy.copy(distribution)
+    setattr(spread, SPREAD[distribution.name], getattr(distribution, SPREAD[distribution.name]) * factor)
+    return spread
+
+
+def calibrated(distribution: ClassConditionalDistribution, features: Tensor, labels: Tensor, seed: int,
+               per_class: int = 500, bracket: tuple[float, float] = (0.25, 4.0), iterations: int = 30
+               ) -> tuple[ClassConditionalDistribution, float]:
+    """The fit whose draws are as class-clear to the teacher as its real activations: ``distribution``
+    (a maximum-likelihood fit) with its spread multiplied by the ``factor`` at which the mean margin
+    (:meth:`LatentSpace.reading`) of ``per_class`` draws of every class equals that of the real
+    activations ``features: [N, D]`` of classes ``labels: [N]`` (on the support), by bisection on
+    ``log factor`` within ``bracket`` (the same draws' seeds at every step: the margin is then a
+    smooth, increasing function of the factor). Returns ``(distribution, factor)``; a factor at the
+    bracket's edge means the margins do not meet inside it."""
+    target = LatentSpace(distribution).reading(distribution.support(features).to(distribution.weight.dtype),
+                                               labels)[1]
+    draw_labels = torch.arange(distribution.num_classes, device=labels.device).repeat_interleave(per_class)
+
+    def margin(log_factor: float) -> float:
+        space = LatentSpace(with_spread(distribution, math.exp(log_factor)))
+        return space.reading(space.prior_sample(draw_labels, torch.Generator().manual_seed(seed)), draw_labels)[1]
+
+    low, high = math.log(bracket[0]), math.log(bracket[1])
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        low, high = (middle, high) if margin(middle) < target else (low, middle)
+    factor = math.exp((low + high) / 2)
+    return with_spread(distribution, factor), factor
+
+
+def shuffle_within_class(a: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+    """``a: [N, D]`` with every coordinate permuted independently among the rows of each class
+    (``labels: [N]``; permutations drawn on the CPU from ``generator``): each class keeps its
+    coordinates' marginals and loses their dependence, the independence every family assumes given
+    the class (``shuffled[i, j] = a[pi_j(i), j]`` with ``pi_j`` a permutation within ``labels[i]``'s rows)."""
+    shuffled = torch.empty_like(a)
+    for c in labels.unique().tolist():
+        rows = (labels == c).nonzero().squeeze(1)
+        order = torch.rand(rows.shape[0], a.shape[1], generator=generator).argsort(dim=0).to(a.device)
+        shuffled[rows] = a[rows].gather(0, order)
+    return shuffled
 
 
 def frozen(module: nn.Module) -> nn.Module:

@@ -71,7 +71,7 @@ class Judges:
 
     @torch.no_grad()
     def score(self, images: Tensor, labels: Tensor) -> Scores:
-        """``images [N, 1, 8, 8]`` in ``[0, 1]`` generated for ``labels [N]`` (every class at least twice)."""
+        """``images [N, 1, H, W]`` in ``[0, 1]`` generated for ``labels [N]`` (every class at least twice)."""
         features = self.judge.features(images)
         teacher_hits = (self.teacher(images).argmax(dim=1) == labels).double().mean()
         judge_hits = (self.judge.fc(features).argmax(dim=1) == labels).double().mean()

@@ -15,7 +15,8 @@ A model is named ``<kind>-<mode>``: kind ``vae`` or ``gan``; mode
 Training runs on any device: the networks, the images, the teacher's latent space and every draw
 of a step live there, and a step never makes the host wait for the GPU (``penact.training``):
 torch's random ops draw from a generator on the device, the families take their seeds from a CPU
-generator (a seed is a host integer), and the losses are read once per ``log_every`` steps.
+generator (a seed is a host integer), the operators skip their host-side value checks
+(``penact.ops.skip_device_checks``), and the losses are read once per ``log_every`` steps.
 
 Every penact model generates class ``y`` by decoding ``a ~ p(a | y)``, the teacher's distribution.
 Every VAE also has a Gaussian style code (``N(0, I)`` prior), so that the penact VAEs differ from
@@ -26,6 +27,7 @@ activation under the class it was generated for, relative to the class mixture.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -34,9 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..ops import skip_device_checks
 from ..training import IntervalMeans, synchronize
 from .families import LatentSpace, frozen
-from .networks import Decoder, FeatureEncoder, GaussianEncoder, ProjectionDiscriminator
+from .networks import Decoder, Discriminator, FeatureEncoder, GaussianEncoder
 
 KINDS = ("vae", "gan")
 MODES = ("onehot", "labelled", "free")
@@ -51,11 +54,17 @@ class TrainConfig:
     vae_lr: float = 1e-3
     gan_lr: float = 2e-4       # the generator's; the discriminator's is 4x slower (single runs favoured it
     discriminator_lr: float = 5e-5  # with rectified conditions; over 3 seeds 2e-4 does as well: docs/design.md)
+    gan_beta1: float = 0.5     # both GAN optimizers' Adam beta1 (DCGAN's 0.5; 0 as in SNGAN)
     latent_size: int = 16      # every VAE's Gaussian style code, beside its condition
     noise_size: int = 16       # the GAN generator's noise
     consistency: float = 5.0   # weight of the penact GAN's consistency term
     kl_warmup: float = 0.5     # the VAE's KL weight rises linearly from 0 to 1 over this share of its steps
     free_kl: str = "joint"     # the label-free VAE's KL: "joint" or "mixture" (LatentSpace's Posterior.kl)
+    architecture: str = "mlp"  # the decoders' and discriminators': "mlp" or "conv" (penact.generate.networks)
+    width: int = 32            # the conv networks' channels (the decoder's last hidden layer, the discriminator's first)
+    discriminator: str = "projection"  # the penact GANs' heads: "projection", "auxiliary" (AC-GAN) or "both"
+    onehot_discriminator: str = "projection"  # the one-hot GAN's heads (the same choices)
+    style_weight: float = 1.0  # the weight of the VAE style code's KL (beta > 1: the class goes to the condition)
 
 
 def parse_model(name: str) -> tuple[str, str]:
@@ -66,8 +75,8 @@ def parse_model(name: str) -> tuple[str, str]:
 
 
 class ConditionalGenerator(nn.Module):
-    """A trained model's sampler: ``generate(labels) -> images [N, 1, 8, 8]`` in ``[0, 1]``, on the
-    decoder's device."""
+    """A trained model's sampler: ``generate(labels) -> images [N, *image_shape]`` in ``[0, 1]``, on
+    the decoder's device."""
 
     def __init__(self, decoder: Decoder, space: LatentSpace | None, num_classes: int, latent_size: int):
         super().__init__()
@@ -92,7 +101,8 @@ class ConditionalGenerator(nn.Module):
 @dataclass
 class TrainResult:
     generator: ConditionalGenerator
-    seconds: float
+    seconds: float       # wall time of the training loop
+    cpu_seconds: float   # the process's CPU time in it (all threads): the loop's cost on a machine shared with other work
     final_losses: dict
 
 
@@ -108,14 +118,15 @@ def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch
 def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images: Tensor, labels: Tensor | None,
                 config: TrainConfig, seed: int, progress: bool = True, *, device: torch.device | str | None = None,
                 log_every: int = 100) -> TrainResult:
-    """Trains model ``name`` on ``images [N, 1, 8, 8]`` in ``[0, 1]`` on ``device`` (default: the
+    """Trains model ``name`` on ``images [N, 1, H, W]`` in ``[0, 1]`` on ``device`` (default: the
     teacher's; the teacher, ``images``, ``labels`` and ``space`` are moved there).
 
     ``labels`` are required for the ``onehot`` and ``labelled`` modes and refused for ``free``
     (so the label-free models provably never see them). ``space`` (the teacher's latent space) is
     required for the penact modes. Randomness (initialization, batches, draws) follows ``seed``;
     the initialization is drawn on the CPU, the same on every device. The progress bar shows the
-    mean losses over each ``log_every`` steps; ``final_losses`` are the last step's.
+    mean losses over each ``log_every`` steps; ``final_losses`` are the last step's. The networks
+    follow ``config.architecture`` at the images' size (``penact.generate.networks``).
     """
     kind, mode = parse_model(name)
     if log_every < 1:
@@ -134,43 +145,52 @@ def train_model(name: str, teacher: nn.Module, space: LatentSpace | None, images
     labels = labels.to(device) if labels is not None else None
     space = space.to(device) if space is not None else None
     num_classes = teacher.fc.out_features
-    trainer = (_VAETrainer if kind == "vae" else _GANTrainer)(teacher, space, num_classes, config, draws, seeds)
+    trainer = (_VAETrainer if kind == "vae" else _GANTrainer)(teacher, space, num_classes, config, draws, seeds,
+                                                              tuple(images.shape[1:]))
     steps = config.vae_steps if kind == "vae" else config.gan_steps
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     bar = tqdm(range(steps), desc=name + (f" ({space.family})" if space else ""), unit="step", disable=not progress,
                leave=False)
     interval = IntervalMeans()
     losses: dict[str, Tensor] = {}
-    for step in bar:
-        index = torch.randint(0, images.shape[0], (config.batch_size,), generator=draws, device=device)
-        losses = trainer.step(images[index], labels[index] if labels is not None else None)
-        if progress:
-            interval.add(losses)
-            if (step + 1) % log_every == 0:
-                bar.set_postfix({k: f"{v:.3g}" for k, v in interval.read().items()})
+    # The step's labels are the data's or drawn in range: the operators' host-side value checks
+    # (one GPU synchronization per call) are skipped.
+    with skip_device_checks():
+        for step in bar:
+            index = torch.randint(0, images.shape[0], (config.batch_size,), generator=draws, device=device)
+            losses = trainer.step(images[index], labels[index] if labels is not None else None)
+            if progress:
+                interval.add(losses)
+                if (step + 1) % log_every == 0:
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in interval.read().items()})
     bar.close()
     synchronize(device)  # the clock stops when the GPU has run the last step, not when it was queued
-    seconds = time.perf_counter() - started
-    return TrainResult(trainer.sampler(), seconds, {part: float(loss) for part, loss in losses.items()})
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    return TrainResult(trainer.sampler(), seconds, cpu_seconds, {part: float(loss) for part, loss in losses.items()})
+
+
+def _decoder(config: TrainConfig, latent_size: int, condition_size: int, image_shape: tuple[int, ...]) -> Decoder:
+    return Decoder(latent_size, condition_size, image_shape, config.architecture, config.width)
 
 
 class _VAETrainer:
-    def __init__(self, teacher, space, num_classes, config, generator, seeds):
+    def __init__(self, teacher, space, num_classes, config, generator, seeds, image_shape):
         self.space, self.generator, self.seeds = space, generator, seeds
         device = teacher.fc.weight.device
+        pixels = math.prod(image_shape)
         if space is None:
-            self.encoder = GaussianEncoder(config.latent_size, num_classes).to(device)
-            self.decoder = Decoder(config.latent_size, num_classes).to(device)
+            self.encoder = GaussianEncoder(config.latent_size, num_classes, pixels).to(device)
+            self.decoder = _decoder(config, config.latent_size, num_classes, image_shape).to(device)
         else:
             self.encoder = FeatureEncoder(teacher.backbone, space.dim,
-                                          space.posterior_size + 2 * config.latent_size).to(device)
-            self.decoder = Decoder(config.latent_size, space.dim).to(device)
+                                          space.posterior_size + 2 * config.latent_size, pixels).to(device)
+            self.decoder = _decoder(config, config.latent_size, space.dim, image_shape).to(device)
         self.latent_size = config.latent_size
         self.model = ConditionalGenerator(self.decoder, space, num_classes, config.latent_size)
         parameters = [p for m in (self.encoder, self.decoder) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=config.vae_lr)
         self.warmup_steps, self.steps_done = config.kl_warmup * config.vae_steps, 0
-        self.free_kl = config.free_kl
+        self.free_kl, self.style_weight = config.free_kl, config.style_weight
 
     def _gaussian(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
         """A draw of the style code and its KL to N(0, I), ``[N]``."""
@@ -182,47 +202,58 @@ class _VAETrainer:
         """One optimizer step; returns its losses, detached scalars on the device."""
         if self.space is None:
             condition = self.model.condition(labels, self.seeds)
-            latent, kl = self._gaussian(*self.encoder(images, condition))
+            latent, style_kl = self._gaussian(*self.encoder(images, condition))
             logits = self.decoder(latent, condition)
+            condition_kl = torch.zeros_like(style_kl)
         else:
             features, outputs = self.encoder(images, self.space.normalize)
             correction, mean, log_var = outputs.split([self.space.posterior_size, self.latent_size,
                                                        self.latent_size], dim=1)
             posterior = self.space.posterior(features, correction)
             a = posterior.rsample(self.seeds)
-            latent, kl = self._gaussian(mean, log_var)
+            latent, style_kl = self._gaussian(mean, log_var)
             logits = self.decoder(latent, self.space.normalize(a))
             class_posterior = None
             if labels is None and self.free_kl == "joint":
                 with torch.no_grad():
                     class_posterior = self.space.class_log_posterior(features).exp()
-            kl = kl + posterior.kl(a, labels, class_posterior, free_kl=self.free_kl)
+            condition_kl = posterior.kl(a, labels, class_posterior, free_kl=self.free_kl)
         reconstruction = F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(1).sum(dim=1)
         kl_weight = min(1.0, self.steps_done / self.warmup_steps) if self.warmup_steps > 0 else 1.0
         self.steps_done += 1
-        loss = (reconstruction + kl_weight * kl).mean()
+        loss = (reconstruction + kl_weight * (self.style_weight * style_kl + condition_kl)).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"recon": reconstruction.detach().mean(), "kl": kl.detach().mean()}
+        return {"recon": reconstruction.detach().mean(), "style_kl": style_kl.detach().mean(),
+                "condition_kl": condition_kl.detach().mean()}
 
     def sampler(self) -> ConditionalGenerator:
         return self.model.eval()
 
 
 class _GANTrainer:
-    def __init__(self, teacher, space, num_classes, config, generator, seeds):
+    def __init__(self, teacher, space, num_classes, config, generator, seeds, image_shape):
         self.teacher, self.space, self.generator, self.seeds = teacher, space, generator, seeds
         self.consistency = config.consistency
         condition_size = num_classes if space is None else space.dim
         self.noise_size = config.noise_size
         device = teacher.fc.weight.device
-        self.decoder = Decoder(config.noise_size, condition_size).to(device)
+        self.decoder = _decoder(config, config.noise_size, condition_size, image_shape).to(device)
         self.model = ConditionalGenerator(self.decoder, space, num_classes, config.noise_size)
-        self.discriminator = ProjectionDiscriminator(condition_size).to(device)
-        self.g_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.gan_lr, betas=(0.5, 0.999))
+        heads = config.onehot_discriminator if space is None else config.discriminator
+        self.discriminator = Discriminator(condition_size, num_classes, heads, image_shape, config.architecture,
+                                           config.width).to(device)
+        self.g_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.gan_lr, betas=(config.gan_beta1, 0.999))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.discriminator_lr,
-                                            betas=(0.5, 0.999))
+                                            betas=(config.gan_beta1, 0.999))
+
+    def _discriminate(self, images: Tensor, condition: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The discriminator's scores ``[N]`` of ``images`` and its class loss: the cross-entropy of an
+        auxiliary class head against ``labels`` (for real images the discriminator learns it, for
+        generated ones the generator), zero without one."""
+        scores, logits = self.discriminator(images, condition)
+        return scores, F.cross_entropy(logits, labels) if logits is not None else images.new_zeros(())
 
     def step(self, images: Tensor, labels: Tensor | None) -> dict[str, Tensor]:
         """One discriminator and one generator step; returns their losses, detached scalars on the device."""
@@ -242,13 +273,15 @@ class _GANTrainer:
         noise = torch.randn(count, self.noise_size, generator=self.generator, device=device)
         fake = torch.sigmoid(self.decoder(noise, fake_condition))
 
-        d_loss = (F.relu(1 - self.discriminator(images, real_condition)).mean()
-                  + F.relu(1 + self.discriminator(fake.detach(), fake_condition)).mean())
+        real_score, real_class = self._discriminate(images, real_condition, labels)
+        fake_score, _ = self._discriminate(fake.detach(), fake_condition, fake_labels)
+        d_loss = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean() + real_class
         self.d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         self.d_optimizer.step()
 
-        g_loss = -self.discriminator(fake, fake_condition).mean()
+        fake_score, fake_class = self._discriminate(fake, fake_condition, fake_labels)
+        g_loss = -fake_score.mean() + fake_class
         losses = {"d": d_loss.detach(), "g": g_loss.detach()}
         if self.space is not None and self.consistency > 0:
             log_reading = self.space.class_log_posterior(self.teacher.features(fake))
