@@ -397,22 +397,6 @@ class Distiller:
             setattr(self.timings, name, getattr(self.timings, name) + seconds)
         self.timings.steps = self.step
 
-    def _train_loop(self, end: int, bar: tqdm, interval: IntervalMeans, log_every: int) -> None:
-        while self.step < end:
-            if "synth" in self.parts and self.config.refresh_every and self.step % self.config.refresh_every == 0 \
-                    and self.step > 0:
-                self._update_pool()
-            interval.add({"loss": self._training_step()})
-            if self.step % log_every == 0 or self.step == end:
-                self.losses.append((self.step, interval.read()["loss"]))
-                self._collect_timings()
-                bar.update(self.step - bar.n)
-                bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}", refresh=False)
-            if self.checkpoint_path is not None and self.config.checkpoint_every \
-                    and self.step % self.config.checkpoint_every == 0:
-                self._collect_timings()
-                self.save_checkpoint()
-
     def train(self, until_step: int | None = None, progress: bool = False, log_every: int = 50) -> "Distiller":
         """Trains up to ``until_step`` (default: ``config.steps``); call again to continue.
 
@@ -434,7 +418,20 @@ class Distiller:
                    disable=not progress or self.rank != 0, leave=False)
         interval = IntervalMeans()
         with skip_device_checks():  # the loop's labels and ReLU activations are valid: no check stalls a step
-            self._train_loop(end, bar, interval, log_every)
+            while self.step < end:
+                if "synth" in self.parts and self.config.refresh_every and self.step % self.config.refresh_every == 0 \
+                        and self.step > 0:
+                    self._update_pool()
+                interval.add({"loss": self._training_step()})
+                if self.step % log_every == 0 or self.step == end:
+                    self.losses.append((self.step, interval.read()["loss"]))
+                    self._collect_timings()
+                    bar.update(self.step - bar.n)
+                    bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}", refresh=False)
+                if self.checkpoint_path is not None and self.config.checkpoint_every \
+                        and self.step % self.config.checkpoint_every == 0:
+                    self._collect_timings()
+                    self.save_checkpoint()
         bar.close()
         self.student.eval()
         self._collect_timings()
