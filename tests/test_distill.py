@@ -24,7 +24,8 @@ from penact.data import MnistSplit, load_digits_28, load_digits_split
 from penact.distill import (TRANSFER_SETS, DistillConfig, Distiller, corrupt, kd_loss, parse_method,
                             random_translate, synthesize_inputs, transfer_images, transfer_set)
 from penact.distill import cli as distill_cli
-from penact.distill.grid import get_benchmark, make_pool, run_grid, split_dataset, summarize, write_report
+from penact.distill.grid import auroc, get_benchmark, make_pool, run_grid, split_dataset, summarize, write_report
+from penact.distill.synthesis import balanced_rows, class_quota
 from penact.distill.trainer import RANK_OFFSET_STRIDE
 from penact.experiments import DATASETS, fit_distribution, get_dataset, prepare_teacher
 from penact.models import student_cnn, teacher_cnn, train_classifier
@@ -185,6 +186,44 @@ def test_synthesized_inputs_carry_their_class(teacher_state, device):
         assert cosine(teacher.features(images), targets).mean() > cosine(teacher.features(start), targets).mean() + 0.05
         assert (teacher(images).argmax(dim=1) == labels).float().mean() > 0.5  # chance: 0.1
     assert all(p.requires_grad for p in teacher.parameters())  # restored after synthesis
+
+
+def test_balanced_rows_keep_a_quota_per_class_read_then_fill_in_order():
+    assert class_quota(8, 3).tolist() == [3, 3, 2] and class_quota(2, 3).tolist() == [1, 1, 0]
+    reads = torch.tensor([3, 3, 3, 1, 0, 3, 1, 2, 2, 0, 0, 0])
+    rows = balanced_rows(reads, class_quota(8, 4))
+    assert rows.tolist() == [0, 1, 3, 4, 6, 7, 8, 9]  # two of each class, the first ones read so
+    # Class 1 has one row where three are due: the first rows left over fill its places, in order.
+    rows = balanced_rows(torch.tensor([0, 0, 0, 0, 1, 2, 2, 2]), torch.tensor([3, 3, 2]))
+    assert rows.tolist() == [0, 1, 2, 4, 5, 6, 3, 7]
+    assert balanced_rows(torch.tensor([2, 0]), class_quota(6, 3)).tolist() == [0, 1]  # fewer rows than places
+
+
+def test_balance_rounds_synthesize_more_for_the_classes_the_teacher_reads_rarely(teacher_state, device):
+    """The pool stays ``pool_size`` long, the rounds draw after the first pass's counters, and more
+    of the pool's places due to each class (6 of 60) are filled by images the teacher reads as it."""
+    config = replace(TINY, pool_size=60, synth_steps=3, refresh_every=0)
+    plain = _distiller(teacher_state, "synth", None, config=config, device=device).synthesize_pool()
+    balanced = _distiller(teacher_state, "synth", None, config=replace(config, balance_rounds=2),
+                          device=device).synthesize_pool()
+    assert len(balanced) == len(plain) == 60
+    counts = {name: torch.bincount(pool.logits.argmax(dim=1), minlength=10)
+              for name, pool in (("plain", plain), ("balanced", balanced))}
+    assert balanced.draws > plain.draws == 60
+    assert counts["plain"].max() > 6  # 3 synthesis steps: unbalanced readings to start from
+    covered = {name: int(count.clamp(max=6).sum()) for name, count in counts.items()}
+    assert covered["balanced"] > covered["plain"] and counts["balanced"].max() < counts["plain"].max()
+    with pytest.raises(ValueError, match="balance_rounds"):
+        DistillConfig(balance_rounds=-1)
+
+
+def test_auroc_is_the_share_of_pairs_ordered_right():
+    generator = torch.Generator().manual_seed(0)
+    positive, negative = torch.randn(300, generator=generator) + 1, torch.randn(200, generator=generator)
+    negative[:20] = positive[:20]  # ties count half
+    pairs = (positive[:, None] > negative[None, :]).double() + 0.5 * (positive[:, None] == negative[None, :]).double()
+    assert auroc(positive, negative) == pytest.approx(float(pairs.mean()), abs=1e-12)
+    assert auroc(torch.ones(3), torch.zeros(2)) == 1.0 and auroc(torch.zeros(3), torch.ones(2)) == 0.0
 
 
 # -- the trainer -----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._random import stream_seed
@@ -38,7 +39,8 @@ from .transfer import transfer_set
 SPLITS = ("test", "validation")
 # The settings a pool depends on: two runs that agree on these (and on teacher, family and seed) start
 # from the same pool.
-POOL_SETTINGS = ("pool_size", "synth_steps", "synth_lr", "match", "tv_weight", "l2_weight", "synth_jitter")
+POOL_SETTINGS = ("pool_size", "synth_steps", "synth_lr", "match", "tv_weight", "l2_weight", "synth_jitter",
+                 "balance_rounds")
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,9 @@ class CellResult:
     teacher_transfer_accuracy: float | None  # the teacher on the transfer images with their true labels
     timings: dict
     same_run_as: str | None = None  # the method whose run this cell's is (nothing for its extra part to act on)
+    # ``weighted`` cells: how well the log-density it weights by separates the clean test images from
+    # the transfer images (AUROC; 0.5: not at all; below 0.5: the transfer images rank higher).
+    density_auroc: float | None = None
 
 
 def run_cell(method: str, transfer: str, seed: int, config: DistillConfig, teacher: torch.nn.Module,
@@ -155,8 +160,27 @@ def run_cell(method: str, transfer: str, seed: int, config: DistillConfig, teach
     transfer_accuracy = None
     if transfer_data.labels is not None and images.shape[0] and transfer != "partial":
         transfer_accuracy = accuracy(teacher, images.to(device), transfer_data.labels.to(device))
+    density_auroc = None
+    if "weighted" in parse_method(method) and images.shape[0]:
+        with torch.no_grad():
+            density_auroc = auroc(distribution.log_marginal(teacher.features(test_images)),
+                                  distribution.log_marginal(teacher.features(images.to(device))))
     return CellResult(method, transfer, seed, distiller.evaluate(test_images, test_labels),
-                      accuracy(teacher, test_images, test_labels), transfer_accuracy, asdict(distiller.timings))
+                      accuracy(teacher, test_images, test_labels), transfer_accuracy, asdict(distiller.timings),
+                      density_auroc=density_auroc)
+
+
+def auroc(positive: Tensor, negative: Tensor) -> float:
+    """The probability that a score of ``positive`` exceeds one of ``negative`` (ties count half):
+    the area under the ROC curve of telling them apart by the score."""
+    scores = torch.cat([positive, negative]).double()
+    ranks = torch.empty_like(scores)
+    ranks[scores.argsort()] = torch.arange(1, len(scores) + 1, dtype=scores.dtype, device=scores.device)
+    unique, inverse = scores.unique(return_inverse=True)  # ties: the mean rank of their group
+    ranks = torch.zeros(len(unique), dtype=scores.dtype, device=scores.device).index_add_(0, inverse, ranks)[inverse] \
+        / torch.bincount(inverse, minlength=len(unique)).to(scores.dtype)[inverse]
+    count = len(positive)
+    return float((ranks[:count].sum() - count * (count + 1) / 2) / (count * len(negative)))
 
 
 def has_data_source(method: str, transfer: str) -> bool:
@@ -294,6 +318,12 @@ def summarize(results: list[CellResult], methods: list[str], transfers: list[str
     teacher_by_seed = {r.seed: r.teacher_accuracy for r in results}
     teacher_mean, teacher_std = _mean_std(list(teacher_by_seed.values()))
     teacher = {"mean": teacher_mean, "std": teacher_std, "seeds": teacher_by_seed}
+    separation = {}
+    for transfer in transfers:
+        values = [r.density_auroc for r in results if r.transfer == transfer and r.density_auroc is not None
+                  and r.same_run_as is None]
+        if values:
+            separation[transfer] = _mean_std(values)
     shift = {}
     for transfer in transfers:
         values = {r.seed: r.teacher_transfer_accuracy for r in results
@@ -317,7 +347,8 @@ def summarize(results: list[CellResult], methods: list[str], transfers: list[str
             runs[r.seed] += r.same_run_as is None and "synth" in parse_method(r.method)
         pool = {"seconds_per_seed": statistics.fmean(seconds), "sampler_share": sampler / sum(seconds),
                 "runs_per_pool": statistics.fmean(runs[seed] for seed in pools)}
-    return {"table": table, "teacher": teacher, "teacher_on_transfer": shift, "timing_shares": timing, "pool": pool,
+    return {"table": table, "teacher": teacher, "teacher_on_transfer": shift, "density_auroc": separation,
+            "timing_shares": timing, "pool": pool,
             "published": _published(table, teacher, methods, benchmark), "targets": _targets(table, methods, benchmark)}
 
 
@@ -449,6 +480,12 @@ def _markdown(summary: dict, methods: list[str], transfers: list[str], command: 
     if summary["teacher_on_transfer"]:
         lines.append("The teacher's own accuracy on the transfer images (true labels): " + ", ".join(
             f"{transfer} {100 * mean:.1f} ± {100 * std:.1f}%" for transfer, (mean, std) in summary["teacher_on_transfer"].items()))
+        lines.append("")
+    if summary.get("density_auroc"):
+        lines.append("How well the log-density that `weighted` weights by tells the clean test images from the "
+                     "transfer images (AUROC over the `weighted` runs; 0.5: not at all, below 0.5: the transfer "
+                     "images get the higher density): " + ", ".join(
+                         f"{transfer} {mean:.3f} ± {std:.3f}" for transfer, (mean, std) in summary["density_auroc"].items()))
         lines.append("")
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for verdict in summary["targets"]:

@@ -56,6 +56,25 @@ def random_translate(images: Tensor, max_shift: int, generator: torch.Generator)
     return picked_rows.gather(3, cols.expand(count, channels, height, width))
 
 
+def class_quota(size: int, num_classes: int, device: torch.device | str = "cpu") -> Tensor:
+    """``[C]`` counts summing to ``size``, as equal as they can be (the first ``size % C`` one more)."""
+    quota = torch.full((num_classes,), size // num_classes, device=device)
+    quota[:size % num_classes] += 1
+    return quota
+
+
+def balanced_rows(reads: Tensor, quota: Tensor) -> Tensor:
+    """``quota.sum()`` row indices of ``reads: [N]`` (the class each row is read as): for every
+    class ``c`` its first ``quota[c]`` rows, then, where a class has too few, the remaining rows in
+    order (all rows when ``N`` is smaller)."""
+    order = torch.argsort(reads, stable=True)
+    sorted_reads = reads[order]
+    rank_in_class = torch.empty_like(order)
+    rank_in_class[order] = torch.arange(len(order), device=reads.device) - torch.searchsorted(sorted_reads, sorted_reads)
+    kept = rank_in_class < quota[reads]
+    return torch.cat([kept.nonzero().squeeze(1), (~kept).nonzero().squeeze(1)])[:int(quota.sum())]
+
+
 def synthesize_inputs(teacher: nn.Module, distribution: ClassConditionalDistribution, targets: Tensor,
                       labels: Tensor, image_shape: tuple[int, ...], generator: torch.Generator, *, steps: int = 100,
                       lr: float = 0.1, match: str = "auto", tv_weight: float = 0.05, l2_weight: float = 0.0,

@@ -57,7 +57,7 @@ from ..families import ClassConditionalDistribution, get_family
 from ..ops import skip_device_checks
 from .batches import LoaderBatches, TensorBatches
 from ..training import IntervalMeans, PartTimer
-from .synthesis import random_translate, resolve_match, synthesize_inputs
+from .synthesis import balanced_rows, class_quota, random_translate, resolve_match, synthesize_inputs
 
 METHOD_PARTS = ("kd", "synth", "weighted")
 RANK_OFFSET_STRIDE = 2**40  # Philox counters per rank: disjoint ranges r * 2^40 + [0, 2^40)
@@ -97,6 +97,7 @@ class DistillConfig:
     l2_weight: float = 0.0
     synth_jitter: int = 0             # synthesis: the teacher sees each image translated by up to this many pixels
     augment_shift: int = 0            # pool images translated by up to this many pixels per axis each step
+    balance_rounds: int = 0           # extra synthesis rounds for classes the teacher reads too rarely in the pool
     weight_reference_size: int = 4096
     seed: int = 0
     checkpoint_every: int = 0         # 0: no periodic checkpoints
@@ -109,6 +110,8 @@ class DistillConfig:
             raise ValueError(f"synth_fraction must lie in (0, 1), got {self.synth_fraction}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.balance_rounds < 0:
+            raise ValueError(f"balance_rounds must be >= 0, got {self.balance_rounds}")
         if self.augment_shift < 0 or self.synth_jitter < 0:
             raise ValueError(f"augment_shift and synth_jitter must be >= 0, got {self.augment_shift}, {self.synth_jitter}")
 
@@ -303,22 +306,55 @@ class Distiller:
         torch_dist.all_gather(pieces, local.contiguous())
         return torch.cat(pieces)
 
+    def _synthesize_for(self, labels: Tensor, *purpose) -> tuple[Tensor, Tensor]:
+        """Images synthesized for ``labels`` (this rank's) and the teacher's logits on them; the
+        synthesis draws from the stream of ``("synthesis", pool_refreshes, *purpose)``."""
+        targets = self._sample(labels)
+        images = synthesize_inputs(self.teacher, self.distribution, targets, labels, self.image_shape,
+                                   self._generator("synthesis", self.pool_refreshes, *purpose, device=self.device),
+                                   steps=self.config.synth_steps, lr=self.config.synth_lr, match=self.match,
+                                   tv_weight=self.config.tv_weight, l2_weight=self.config.l2_weight,
+                                   jitter=self.config.synth_jitter)
+        with torch.no_grad():
+            return images, self.teacher(images)
+
+    def _balanced(self, images: Tensor, labels: Tensor, logits: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``size`` entries in which the teacher reads every class as equally often as it can.
+
+        The teacher reads some classes' syntheses as another class far more often than others' (on
+        MNIST it read 28-70% of the images made for "1" as a 1, depending on the seed, and a student
+        then misses that class). Each of ``balance_rounds`` rounds synthesizes more for the classes
+        read fewer than ``size / C`` times, as many as that class's hit rate so far predicts are
+        needed (each class at most ``size`` more); then :func:`balanced_rows` picks the entries."""
+        num_classes = self.distribution.num_classes
+        quota = class_quota(size, num_classes, self.device)
+        for round_ in range(1, self.config.balance_rounds + 1):
+            reads = logits.argmax(dim=1)
+            short = (quota - torch.bincount(reads, minlength=num_classes)).clamp(min=0)
+            if not short.any():
+                break
+            drawn = torch.bincount(labels, minlength=num_classes).clamp(min=1)
+            hits = torch.bincount(labels[reads == labels], minlength=num_classes)
+            needed = (short * drawn / hits.clamp(min=1)).ceil().long().clamp(max=size)
+            new_labels = torch.repeat_interleave(torch.arange(num_classes, device=self.device), needed)
+            new_images, new_logits = self._synthesize_for(new_labels, "balance", round_)
+            images, labels = torch.cat([images, new_images]), torch.cat([labels, new_labels])
+            logits = torch.cat([logits, new_logits])
+        rows = balanced_rows(logits.argmax(dim=1), quota)
+        return images[rows], labels[rows], logits[rows]
+
     def _synthesize(self, count: int) -> Pool:
         """``count`` new pool entries (images, labels, teacher logits), split across ranks; labels
-        cycle through the classes so that every refresh is balanced."""
+        cycle through the classes so that every refresh is balanced (``balance_rounds``: balanced as
+        the teacher reads them)."""
         with self._timer.part("synthesis"):
             local = math.ceil(count / self.world_size)
             num_classes = self.distribution.num_classes
             first = self.pool_refreshes * count + self.rank * local
             labels = (first + torch.arange(local, device=self.device)) % num_classes
-            targets = self._sample(labels)
-            images = synthesize_inputs(self.teacher, self.distribution, targets, labels, self.image_shape,
-                                       self._generator("synthesis", self.pool_refreshes, device=self.device),
-                                       steps=self.config.synth_steps, lr=self.config.synth_lr, match=self.match,
-                                       tv_weight=self.config.tv_weight, l2_weight=self.config.l2_weight,
-                                       jitter=self.config.synth_jitter)
-            with torch.no_grad():
-                logits = self.teacher(images)
+            images, logits = self._synthesize_for(labels)
+            if self.config.balance_rounds:
+                images, labels, logits = self._balanced(images, labels, logits, local)
             self.pool_refreshes += 1
             return Pool(*(self._gather(t)[:count] for t in (images, labels, logits)), draws=self.sample_counter)
 
