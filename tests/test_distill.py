@@ -200,8 +200,9 @@ def test_balanced_rows_keep_a_quota_per_class_read_then_fill_in_order():
 
 
 def test_balance_rounds_synthesize_more_for_the_classes_the_teacher_reads_rarely(teacher_state, device):
-    """The pool stays ``pool_size`` long, the rounds draw after the first pass's counters, and more
-    of the pool's places due to each class (6 of 60) are filled by images the teacher reads as it."""
+    """The pool stays ``pool_size`` long, the rounds draw after the first pass's counters (at most
+    ``pool_size`` more), and more of the places due to each class (6 of 60) are filled by images the
+    teacher reads as it."""
     config = replace(TINY, pool_size=60, synth_steps=3, refresh_every=0)
     plain = _distiller(teacher_state, "synth", None, config=config, device=device).synthesize_pool()
     balanced = _distiller(teacher_state, "synth", None, config=replace(config, balance_rounds=2),
@@ -209,7 +210,7 @@ def test_balance_rounds_synthesize_more_for_the_classes_the_teacher_reads_rarely
     assert len(balanced) == len(plain) == 60
     counts = {name: torch.bincount(pool.logits.argmax(dim=1), minlength=10)
               for name, pool in (("plain", plain), ("balanced", balanced))}
-    assert balanced.draws > plain.draws == 60
+    assert plain.draws == 60 < balanced.draws <= 2 * 60  # the rounds at most double the synthesis
     assert counts["plain"].max() > 6  # 3 synthesis steps: unbalanced readings to start from
     covered = {name: int(count.clamp(max=6).sum()) for name, count in counts.items()}
     assert covered["balanced"] > covered["plain"] and counts["balanced"].max() < counts["plain"].max()

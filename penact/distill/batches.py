@@ -1,10 +1,13 @@
 """Where a :class:`~penact.distill.Distiller`'s transfer batches come from, and what resuming means
-for each source. Both keep a position ``(epoch, cursor)`` that a checkpoint stores.
+for each source. Both give each batch with the teacher's penultimate activations of it
+(``features``) and keep a position ``(epoch, cursor)`` that a checkpoint stores.
 
 - :class:`TensorBatches`: rows of an image tensor held on the device, in the order of a
   ``DistributedSampler`` (each rank its own shard, shuffled per epoch from the run's seed, the last
   partial batch dropped). The order of epoch ``e`` is a pure function of ``(seed, e, rank)``, so a
-  resumed run continues exactly. ``cursor`` counts rows.
+  resumed run continues exactly. ``cursor`` counts rows. The teacher reads the tensor once, at
+  construction: its activations are kept beside the images (``D`` numbers per image, fewer than
+  its pixels) and every batch indexes both, so no step runs the teacher on transfer images.
 - :class:`LoaderBatches`: the batches of any re-iterable of image batches (a
   ``torch.utils.data.DataLoader``, a list of tensors), each batch a tensor or a tuple or list whose
   first element is the images (so ``(images, labels)`` datasets work; the labels are never read).
@@ -20,7 +23,7 @@ for each source. Both keep a position ``(epoch, cursor)`` that a checkpoint stor
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -34,16 +37,23 @@ def _images(batch) -> Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+# Images per teacher call when a transfer tensor is read once.
+FEATURE_CHUNK = 1024
+
+
 class TensorBatches:
-    """``batch_size`` rows per call of ``images: [M, *image_shape]`` (moved to ``device``).
+    """``batch_size`` rows per call of ``images: [M, *image_shape]`` (moved to ``device``) and of
+    their activations ``features(images): [M, D]``.
 
     Raises:
         ValueError: a shard of fewer than ``batch_size`` rows.
     """
 
     def __init__(self, images: Tensor, batch_size: int, *, rank: int, world_size: int, seed: int,
-                 device: torch.device):
+                 device: torch.device, features: Callable[[Tensor], Tensor]):
         self.images = images.to(device)
+        self.features = features
+        self.activations = self.read()
         self.batch_size = batch_size
         self.device = device
         self.sampler = DistributedSampler(range(images.shape[0]), num_replicas=world_size, rank=rank, shuffle=True,
@@ -54,6 +64,11 @@ class TensorBatches:
         self.epoch, self.cursor = 0, 0
         self._order: Tensor | None = None   # this rank's order of epoch `_order_epoch`, on the device
         self._order_epoch: int | None = None
+
+    def read(self) -> Tensor:
+        """``features`` of every image, ``[M, D]``, computed now (again after the teacher changed)."""
+        with torch.no_grad():
+            return torch.cat([self.features(chunk) for chunk in self.images.split(FEATURE_CHUNK)])
 
     def next_rows(self) -> Tensor:
         """The rows of the next batch, ``[batch_size]`` on the device. The epoch's order is copied to
@@ -68,30 +83,33 @@ class TensorBatches:
         self.cursor += self.batch_size
         return rows
 
-    def next(self) -> Tensor:
-        """The next batch, ``[batch_size, *image_shape]`` on the device."""
-        return self.images[self.next_rows()]
+    def next(self) -> tuple[Tensor, Tensor]:
+        """The next batch, ``[batch_size, *image_shape]`` on the device, and its activations."""
+        rows = self.next_rows()
+        return self.images[rows], self.activations[rows]
 
     def seek(self, epoch: int, cursor: int) -> None:
         self.epoch, self.cursor = epoch, cursor
 
-    def one_epoch(self) -> Iterable[Tensor]:
-        """Every image once, in batches on the device (the position is left as it is)."""
-        return self.images.split(self.batch_size)
+    def all_activations(self) -> Tensor:
+        """The activations of every image, ``[M, D]``."""
+        return self.activations
 
 
 class LoaderBatches:
     """The batches of ``loader`` (see the module docstring), each moved to ``device`` without waiting
-    for the GPU (pinned first unless the loader pins them: ``DataLoader(pin_memory=True)``).
+    for the GPU (pinned first unless the loader pins them: ``DataLoader(pin_memory=True)``), with
+    ``features`` of each batch.
 
     Raises (from :meth:`next`):
         ValueError: an epoch that yields no batch (an empty loader, or a one-shot iterator that
             cannot be iterated again: pass a DataLoader, a list or a tensor).
     """
 
-    def __init__(self, loader: Iterable, device: torch.device):
+    def __init__(self, loader: Iterable, device: torch.device, features: Callable[[Tensor], Tensor]):
         self.loader = loader
         self.device = device
+        self.features = features
         self.epoch, self.cursor = 0, 0
         self._iterator = None
 
@@ -105,8 +123,8 @@ class LoaderBatches:
             raise ValueError(f"the transfer loader has {skipped} batches in epoch {self.epoch}, "
                              f"fewer than the checkpoint's position {self.cursor}")
 
-    def next(self) -> Tensor:
-        """The next batch of images, ``[B, *image_shape]`` on the device."""
+    def next(self) -> tuple[Tensor, Tensor]:
+        """The next batch of images, ``[B, *image_shape]`` on the device, and its activations."""
         if self._iterator is None:
             self._start_epoch()
         batch = next(self._iterator, None)
@@ -118,12 +136,15 @@ class LoaderBatches:
             self._start_epoch()
             return self.next()
         self.cursor += 1
-        return host_to_device(_images(batch), self.device)
+        images = host_to_device(_images(batch), self.device)
+        with torch.no_grad():
+            return images, self.features(images)
 
     def seek(self, epoch: int, cursor: int) -> None:
         self.epoch, self.cursor = epoch, cursor
         self._iterator = None
 
-    def one_epoch(self) -> Iterable[Tensor]:
-        """Every batch of one pass over the loader, on the device (the position is left as it is)."""
-        return (host_to_device(_images(batch), self.device) for batch in self.loader)
+    def all_activations(self) -> Tensor:
+        """The activations of one pass over the loader, ``[M, D]`` (the position is left as it is)."""
+        with torch.no_grad():
+            return torch.cat([self.features(host_to_device(_images(batch), self.device)) for batch in self.loader])

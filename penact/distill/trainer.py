@@ -237,9 +237,10 @@ class Distiller:
         self.transfer: TensorBatches | LoaderBatches | None = None
         if is_tensor and has_transfer and local_batch > self.synth_batch:
             self.transfer = TensorBatches(transfer, local_batch - self.synth_batch, rank=self.rank,
-                                          world_size=self.world_size, seed=config.seed, device=self.device)
+                                          world_size=self.world_size, seed=config.seed, device=self.device,
+                                          features=self.teacher.features)
         elif not is_tensor and has_transfer:
-            self.transfer = LoaderBatches(transfer, self.device)
+            self.transfer = LoaderBatches(transfer, self.device, features=self.teacher.features)
 
         if isinstance(distribution, str):
             distribution = self._fit(distribution)
@@ -270,9 +271,7 @@ class Distiller:
         if isinstance(self.transfer, LoaderBatches) and self.world_size > 1:
             raise ValueError("under torchrun each rank's loader holds its own shard: fit the family once and pass "
                              "the fitted distribution")
-        with torch.no_grad():
-            activations = torch.cat([self.teacher.features(images) for images in self.transfer.one_epoch()])
-        return get_family(family).fit(self.teacher.fc, activations)
+        return get_family(family).fit(self.teacher.fc, self.transfer.all_activations())
 
     # -- randomness ----------------------------------------------------------------------------
 
@@ -325,17 +324,21 @@ class Distiller:
         MNIST it read 28-70% of the images made for "1" as a 1, depending on the seed, and a student
         then misses that class). Each of ``balance_rounds`` rounds synthesizes more for the classes
         read fewer than ``size / C`` times, as many as that class's hit rate so far predicts are
-        needed (each class at most ``size`` more); then :func:`balanced_rows` picks the entries."""
+        needed, all rounds together at most ``size`` more (synthesis at most doubles); then
+        :func:`balanced_rows` picks the entries."""
         num_classes = self.distribution.num_classes
         quota = class_quota(size, num_classes, self.device)
+        budget = size
         for round_ in range(1, self.config.balance_rounds + 1):
             reads = logits.argmax(dim=1)
             short = (quota - torch.bincount(reads, minlength=num_classes)).clamp(min=0)
-            if not short.any():
-                break
             drawn = torch.bincount(labels, minlength=num_classes).clamp(min=1)
             hits = torch.bincount(labels[reads == labels], minlength=num_classes)
-            needed = (short * drawn / hits.clamp(min=1)).ceil().long().clamp(max=size)
+            needed = (short * drawn / hits.clamp(min=1)).ceil()
+            needed = (needed * min(1.0, budget / max(float(needed.sum()), 1.0))).floor().long()
+            budget -= int(needed.sum())
+            if not needed.any():
+                break
             new_labels = torch.repeat_interleave(torch.arange(num_classes, device=self.device), needed)
             new_images, new_logits = self._synthesize_for(new_labels, "balance", round_)
             images, labels = torch.cat([images, new_images]), torch.cat([labels, new_labels])
@@ -396,9 +399,8 @@ class Distiller:
         """One optimizer step; returns the (weighted) batch loss, a scalar on the device."""
         inputs, teacher_logits, weights = [], [], []
         if self.transfer is not None:
-            images = self.transfer.next()
+            images, activations = self.transfer.next()
             with torch.no_grad():
-                activations = self.teacher.features(images)
                 inputs.append(images)
                 teacher_logits.append(self.teacher.fc(activations))
                 if "weighted" in self.parts:
@@ -533,6 +535,8 @@ class Distiller:
                              f"{self._transfer_kind()}")
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
+        if isinstance(self.transfer, TensorBatches):  # read by the teacher it had before the checkpoint's
+            self.transfer.activations = self.transfer.read()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
