@@ -35,7 +35,7 @@ SEEDS = 5
 # The DistillConfig fields set from the command line (the rest keep the benchmark's values).
 CONFIG_OPTIONS = ("steps", "batch_size", "synth_fraction", "lr", "temperature", "pool_size", "refresh_every",
                   "refresh_size", "synth_steps", "synth_lr", "match", "tv_weight", "l2_weight", "synth_jitter",
-                  "augment_shift")
+                  "augment_shift", "balance_rounds")
 
 
 def _methods(text: str) -> list[str]:
