@@ -11,11 +11,14 @@ Methods (combinable with ``+``, e.g. ``"synth+weighted"``):
   first out) every ``refresh_every`` steps; each step distils on a batch of the pool alongside the
   transfer batch (the pool's share of the batch is ``synth_fraction``; all of it when there are no
   transfer data). With ``augment_shift = k > 0`` each pool image of a batch is translated by up to
-  ``k`` pixels per axis and the teacher's logits are computed afresh on what the student sees;
+  ``k`` pixels per axis and the teacher's logits are computed afresh on what the student sees.
+  With ``balance_rounds > 0`` the pool is balanced as the teacher reads it (``_balanced``);
 - ``weighted``: each transfer sample's loss weighted by the teacher model's marginal density of its
   teacher activation, ``w_i = n softmax_i(log p(a_i) / tau)`` over the rank's transfer batch (mean
-  1), with ``tau`` the standard deviation of ``log p(a)`` under the model's own samples, so
-  off-domain samples (low density) count less.
+  1), with ``tau`` the standard deviation of ``log p(a)`` under the model's own samples, so that
+  samples of low density count less: off-domain ones where the family's density ranks them low (the
+  sphere family; not the rectified family, whose reference measure favours the weak activations of
+  off-domain inputs: docs/distill.md).
 
 Transfer data are a tensor of images, any re-iterable of image batches (a ``DataLoader``), or
 None (``batches`` says what resuming means for each).
