@@ -454,6 +454,10 @@ def _distributed_worker(rank, world_size, backend, device_format, rendezvous, te
         dataset = TensorDataset(images, torch.arange(images.shape[0]))
         loader = _IndexRecording(DataLoader(dataset, batch_size=16, sampler=DistributedSampler(dataset, seed=0)))
         loader_run = _distiller(teacher_path, "kd", loader, config=replace(TINY, steps=5), device=device).train()
+        # Each rank balances its share of the pool: they draw apart, then go on after the furthest.
+        balancing = _distiller(teacher_path, "synth", None, config=replace(TINY, synth_steps=3, balance_rounds=2),
+                               device=device)
+        balanced = balancing.synthesize_pool()
 
         data = load_digits_split()
 
@@ -465,7 +469,9 @@ def _distributed_worker(rank, world_size, backend, device_format, rendezvous, te
                   "pool": distiller.pool.images.flatten().tolist(), "transfer_batches": used,
                   "loader_indices": loader.indices,
                   "accuracy": distiller.evaluate(data.test_images, data.test_labels),
-                  "transfer_batch": distiller.transfer.batch_size, "synth_batch": distiller.synth_batch}
+                  "transfer_batch": distiller.transfer.batch_size, "synth_batch": distiller.synth_batch,
+                  "balanced_pool": balanced.images.flatten().tolist(), "balanced_draws": balanced.draws,
+                  "balancing_draws": balancing.distribution.draws}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
             json.dump(result, handle)
     finally:
@@ -481,6 +487,9 @@ def test_two_process_run(teacher_state, tmp_path, device):
     # DDP keeps the replicas identical; the pool is gathered to every rank.
     assert ranks[0]["params"] == ranks[1]["params"]
     assert ranks[0]["pool"] == ranks[1]["pool"]
+    assert ranks[0]["balanced_pool"] == ranks[1]["balanced_pool"]
+    own_draws = [sum(count for _, count in result["balancing_draws"]) for result in ranks]
+    assert ranks[0]["balanced_draws"] == ranks[1]["balanced_draws"] == max(own_draws) > TINY.pool_size // 2
     # Resuming from a checkpoint continues the 2-rank run exactly.
     assert ranks[0]["resumed_params"] == ranks[0]["params"] and ranks[1]["resumed_params"] == ranks[1]["params"]
     # Each rank takes half of the global batch.

@@ -361,6 +361,10 @@ class Distiller:
             images, logits = self._synthesize_for(labels)
             if self.config.balance_rounds:
                 images, labels, logits = self._balanced(images, labels, logits, local)
+                if self.world_size > 1:  # ranks balanced apart drew apart: continue after the furthest
+                    counter = torch.tensor(self.sample_counter, device=self.device)
+                    torch_dist.all_reduce(counter, op=torch_dist.ReduceOp.MAX)
+                    self.sample_counter = int(counter)
             self.pool_refreshes += 1
             return Pool(*(self._gather(t)[:count] for t in (images, labels, logits)), draws=self.sample_counter)
 
