@@ -17,6 +17,7 @@ from penact import PenultimateDistribution, RectifiedDistribution, cli, experime
 from penact.data import MnistSplit
 from penact.generate import LatentSpace, TrainConfig, frechet_distance, train_model
 from penact.generate import cli as generate_cli
+from penact.generate import trainers
 from penact.generate.families import (
     SPREAD,
     calibrated,
@@ -31,7 +32,13 @@ from penact.generate.networks import (
     FeatureEncoder,
     JudgeMLP,
 )
-from penact.generate.trainers import MODELS, parse_model
+from penact.generate.trainers import (
+    CONSISTENCY_READINGS,
+    MODELS,
+    ConditionalGenerator,
+    condition_size,
+    parse_model,
+)
 from penact.models import lenet5, teacher_cnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small ops: threads only add noise and time
@@ -194,7 +201,6 @@ def test_label_free_models_refuse_labels_and_others_require_them(small_setup):
 
 def test_training_steps_skip_the_operators_device_checks(small_setup, monkeypatch):
     from penact import _C
-    from penact.generate import trainers
 
     teacher, images, labels, spaces = small_setup
     checking = []
@@ -239,8 +245,8 @@ def test_worker_processes_give_the_results_of_one_process(tmp_path):
                          "--families", "sphere", "--jobs", str(jobs), "--out", str(tmp_path), "--name", f"jobs{jobs}",
                          "--no-progress"]) == 0
         report = json.loads((tmp_path / f"jobs{jobs}.json").read_text())
-        reports.append(([{k: v for k, v in r.items() if not k.startswith("train_")} for r in report["records"]],
-                        report["references"]))
+        timeless = lambda entry: {k: v for k, v in entry.items() if not k.endswith("_seconds")}
+        reports.append(([timeless(r) for r in report["records"]], [timeless(r) for r in report["references"]]))
     assert reports[0] == reports[1]
 
 
@@ -284,13 +290,19 @@ def test_quick_and_explicit_options_resolve_over_the_recipe(fake_mnist):
     quick = generate_cli.RECIPES["mnist"].quick
     assert config.vae_steps == quick["vae_steps"] and config.gan_steps == 7 and config.architecture == "conv"
     assert settings["seeds"] == 1 and settings["teacher_epochs"] == quick["teacher_epochs"]
+    assert config.vae_class_scale == generate_cli.RECIPES["mnist"].config.vae_class_scale is not None
+    config, _ = generate_cli.resolve(parser.parse_args(["--dataset", "mnist", "--vae-class-scale", "none",
+                                                        "--gan-class-scale", "2"]))
+    assert config.vae_class_scale is None and config.gan_class_scale == 2.0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--gan-class-scale", "0"])
     config, settings = generate_cli.resolve(parser.parse_args([]))
     assert config == TrainConfig() and settings["seeds"] == 3 and settings["teacher_epochs"] == 20
 
 
 def test_paired_targets_allow_two_standard_errors():
     records = [{"model": model, "family": family, "seed": seed, "judge_fidelity": fidelity, "frechet": frechet,
-                **dict.fromkeys(("teacher_fidelity", "diversity", "train_seconds"), 0.0)}
+                **dict.fromkeys(("teacher_fidelity", "diversity", "train_cpu_seconds"), 0.0)}
                for seed, (ours, theirs) in enumerate([((0.90, 5.0), (0.95, 4.0)), ((0.96, 5.2), (0.95, 4.0)),
                                                       ((0.93, 5.8), (0.95, 5.0))])
                for (model, family), (fidelity, frechet) in ((("vae-labelled", "sphere"), ours),
@@ -302,6 +314,16 @@ def test_paired_targets_allow_two_standard_errors():
     met = {v["target"].split(" ")[2]: v["met"] for v in verdicts}
     # fidelity: -0.020 >= -2 * 0.018 (met); Frechet: +1.0 > 2 * 0.115 (missed)
     assert met == {"judge": True, "Frechet": False}
+
+
+def test_projected_wall_time_schedules_preparations_then_gans_first():
+    """Two workers: preparations 10, 20, 30 s end at 40 s (10 + 30 on one, 20 on the other); then the
+    GANs (8, 6 s), then the VAE (5 s), each to the first free worker: 40 + 8 = 48 and 40 + 6 + 5 = 51."""
+    references = [{"prepare_cpu_seconds": t} for t in (10.0, 20.0, 30.0)]
+    records = [{"model": "vae-onehot", "task_cpu_seconds": 5.0}, {"model": "gan-onehot", "task_cpu_seconds": 8.0},
+               {"model": "gan-free", "task_cpu_seconds": 6.0}]
+    assert generate_cli.projected_wall_seconds(records, references, 2) == 51.0
+    assert generate_cli.projected_wall_seconds(records, references, 1) == 79.0
 
 
 @pytest.mark.parametrize("architecture,shape", [("mlp", (1, 8, 8)), ("conv", (1, 8, 8)), ("conv", (1, 28, 28))])
@@ -344,13 +366,50 @@ def test_every_model_trains_at_28x28_with_conv_networks(name, device):
     mode = parse_model(name)[1]
     heads = list(DISCRIMINATORS) if parse_model(name)[0] == "gan" else ["projection"]
     for family, head in [(f, h) for f in ([None] if mode == "onehot" else list(spaces)) for h in heads]:
-        config = dataclasses.replace(TINY, architecture="conv", width=4, discriminator=head,
-                                     onehot_discriminator=head, style_weight=4.0)
+        config = dataclasses.replace(generate_cli.RECIPES["mnist"].config, vae_steps=3, gan_steps=3, batch_size=16,
+                                     width=4, discriminator=head, onehot_discriminator=head)
         runs = [train_model(name, teacher, spaces.get(family), images, None if mode == "free" else labels, config,
                             seed=5, progress=False, device=device).generator.generate(
                     torch.arange(10), torch.Generator().manual_seed(2)) for _ in range(2)]
         assert runs[0].shape == (10, 1, 28, 28) and runs[0].device.type == device
         assert torch.equal(runs[0], runs[1]), f"{name} ({family}, {head}) is not repeatable under a seed"
+
+
+def test_network_condition_puts_the_class_reading_before_the_direction(small_setup):
+    """With a class scale s the penact networks read ``[s softmax(W a + b), sqrt(D) a / ||a||]`` and the
+    one-hot ones ``s e_y``; without one, the direction alone and ``e_y``."""
+    teacher, images, labels, spaces = small_setup
+    seeds = torch.Generator().manual_seed(0)
+    for space in spaces.values():
+        a = space.prior_sample(labels[:6], seeds)
+        logits = space.embed(a) @ space.distribution.weight.T + space.distribution.bias
+        condition = ConditionalGenerator(nn.Identity(), space, 10, 0, class_scale=2.5).network_condition(a)
+        assert condition.shape == (6, condition_size(space, 10, 2.5)) == (6, 10 + space.dim)
+        torch.testing.assert_close(condition[:, :10], 2.5 * torch.softmax(logits, dim=1))
+        torch.testing.assert_close(condition[:, 10:].norm(dim=1), torch.full((6,), math.sqrt(space.dim)))
+        torch.testing.assert_close(condition[:, 10:], ConditionalGenerator(nn.Identity(), space, 10, 0)
+                                   .network_condition(a))
+        assert condition_size(space, 10, None) == space.dim
+    onehot = ConditionalGenerator(nn.Identity(), None, 10, 0, class_scale=2.5).condition(labels[:6], seeds)
+    torch.testing.assert_close(onehot, 2.5 * nn.functional.one_hot(labels[:6], 10).float())
+
+
+def test_consistency_readings_differ_for_the_sphere_alone(small_setup):
+    """The GAN's consistency term: "activation" is the teacher's own log-softmax; "support" agrees with it
+    for the rectified family (its support is the activation) and not for the sphere's (it reads the
+    direction at the fitted radius)."""
+    teacher, images, labels, spaces = small_setup
+    draws = torch.Generator().manual_seed(0)
+    readings = {(family, reading): trainers._GANTrainer(teacher, spaces[family], 10,
+                                                        dataclasses.replace(TINY, consistency_reading=reading),
+                                                        draws, draws, (1, 8, 8)).log_reading(images)
+                for family in spaces for reading in CONSISTENCY_READINGS}
+    torch.testing.assert_close(readings["sphere", "activation"], torch.log_softmax(teacher(images), dim=1))
+    torch.testing.assert_close(readings["rectified", "support"], readings["rectified", "activation"])
+    assert not torch.allclose(readings["sphere", "support"], readings["sphere", "activation"], atol=1e-3)
+    with pytest.raises(ValueError, match="consistency_reading must be one of"):
+        train_model("gan-free", teacher, spaces["sphere"], images, None,
+                    dataclasses.replace(TINY, consistency_reading="image"), seed=0, progress=False)
 
 
 def test_shuffle_within_class_keeps_each_class_column_and_breaks_the_rows(rng):

@@ -48,7 +48,7 @@ from ..models import accuracy, train_classifier
 from .families import FAMILIES, LatentSpace, calibrated, shuffle_within_class
 from .metrics import Judges
 from .networks import DISCRIMINATORS, JudgeMLP
-from .trainers import MODELS, TrainConfig, parse_model, train_model
+from .trainers import CONSISTENCY_READINGS, MODELS, TrainConfig, parse_model, train_model
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,12 @@ RECIPES = {
                      fidelity_targets={"sphere": 0.85, "rectified": 0.85},
                      quick={"seeds": 1, "vae_steps": 300, "gan_steps": 300}),
     # MNIST: conv networks; the settings chosen by single runs on the validation split
-    # (docs/generate.md, which also has the grid's measured cost).
+    # (docs/generate.md, which also has the grid's measured cost). The VAEs' class scale is
+    # sqrt(84), LeNet-5's sqrt(D): a clear reading p(y|a) as long as the direction beside it.
     "mnist": Recipe(TrainConfig(vae_steps=3000, gan_steps=1000, architecture="conv", width=32,
                                 discriminator_lr=2e-4, discriminator="both", onehot_discriminator="auxiliary",
-                                style_weight=4.0),
+                                style_weight=4.0, vae_class_scale=9.17, gan_class_scale=1.0,
+                                consistency_reading="activation"),
                     judge_epochs=8, judge_widths=(512, 128), validation_size=10000,
                     fidelity_targets={"sphere": 0.95, "rectified": 0.90},
                     quick={"seeds": 1, "teacher_epochs": 2, "judge_epochs": 2, "vae_steps": 200, "gan_steps": 150,
@@ -87,7 +89,8 @@ RECIPES = {
 
 # Options whose default comes from the data set's recipe (its TrainConfig, or the recipe itself).
 CONFIG_OPTIONS = ("vae_steps", "gan_steps", "batch_size", "discriminator_lr", "consistency", "free_kl", "width",
-                  "discriminator", "onehot_discriminator", "style_weight")
+                  "discriminator", "onehot_discriminator", "style_weight", "vae_class_scale", "gan_class_scale",
+                  "consistency_reading")
 RUN_OPTIONS = ("seeds", "teacher_epochs", "judge_epochs", "per_class", "fit")
 
 
@@ -99,6 +102,17 @@ def _choices(allowed: tuple[str, ...]):
             raise argparse.ArgumentTypeError(f"choose a comma-separated subset of {','.join(allowed)}, got {text!r}")
         return chosen
     return parse
+
+
+def _class_scale(text: str) -> float | str:
+    """A ``--*-class-scale``: a positive number, or ``"none"`` (resolved to ``None`` by :func:`resolve`:
+    an option's own ``None`` means "not given")."""
+    if text == "none":
+        return text
+    scale = float(text)
+    if not scale > 0:
+        raise argparse.ArgumentTypeError(f"a class scale must be positive or 'none', got {text!r}")
+    return scale
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +135,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the one-hot GAN's discriminator heads " + recipe)
     parser.add_argument("--style-weight", type=float, default=None,
                         help="the weight of the VAE style code's KL " + recipe)
+    for kind in ("vae", "gan"):
+        parser.add_argument(f"--{kind}-class-scale", type=_class_scale, default=None,
+                            help=f"the class in the {kind.upper()}s' condition: the one-hot label times it, the "
+                                 "teacher's reading p(y|a) times it beside the penact networks' direction; 'none': "
+                                 "the label as it is and the direction alone " + recipe)
+    parser.add_argument("--consistency-reading", choices=CONSISTENCY_READINGS, default=None,
+                        help="how the penact GAN's consistency term reads a generated image's activation a: at its "
+                             "point on the family's support, or a itself (the teacher's logits) " + recipe)
     parser.add_argument("--fit", choices=("mle", "calibrated"), default=None,
                         help="the families' fit: maximum likelihood, or its spread rescaled so that the draws are "
                              "as class-clear as the real activations (penact.generate.families.calibrated) " + recipe)
@@ -157,6 +179,7 @@ def resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
             "judge_epochs": recipe.judge_epochs, "fit": recipe.fit, **asdict(recipe.config)}
     chosen = {name: getattr(args, name) if getattr(args, name) is not None else quick.get(name, base[name])
               for name in CONFIG_OPTIONS + RUN_OPTIONS}
+    chosen = {name: None if value == "none" else value for name, value in chosen.items()}
     config = dataclasses.replace(recipe.config, **{name: chosen[name] for name in CONFIG_OPTIONS})
     return config, chosen
 
@@ -257,8 +280,10 @@ class SeedSetup:
 
 
 def prepare_seed(args: argparse.Namespace, settings: dict, split: Split, seed: int) -> SeedSetup:
-    """The seed's teacher (``prepare_teacher``), judge (trained here), families and references."""
+    """The seed's teacher (``prepare_teacher``), judge (trained here), families and references (with
+    the preparation's CPU time, ``prepare_cpu_seconds``)."""
     recipe = RECIPES[args.dataset]
+    cpu_started = time.process_time()
     teacher = prepare_teacher(seed, settings["teacher_epochs"], cache_dir=args.cache_dir, device=args.device,
                               dataset=args.dataset)
     torch.manual_seed(stream_seed(seed, "judge"))
@@ -283,13 +308,16 @@ def prepare_seed(args: argparse.Namespace, settings: dict, split: Split, seed: i
         spaces[family] = LatentSpace(distribution)
     reference["condition_clarity"] = {family: condition_clarity(space, features, split.train_labels, seed)
                                       for family, space in spaces.items()}
+    reference["prepare_cpu_seconds"] = time.process_time() - cpu_started
     return SeedSetup(seed, teacher, judges, spaces, reference)
 
 
 def train_and_score(args: argparse.Namespace, settings: dict, split: Split, config: TrainConfig, setup: SeedSetup,
                     model: str, family: str | None) -> tuple[dict, torch.Tensor]:
     """Trains ``model`` (of ``family``) for the seed of ``setup``; its record and its generated images
-    (``per_class`` of every class, on the CPU)."""
+    (``per_class`` of every class, on the CPU). The record's ``task_cpu_seconds`` is the CPU time of
+    all of it (training, generation, scores), ``train_cpu_seconds`` that of the training loop."""
+    cpu_started = time.process_time()
     seed, mode = setup.seed, parse_model(model)[1]
     result = train_model(model, setup.teacher, setup.spaces.get(family), split.train_images,
                          None if mode == "free" else split.train_labels, config, seed=stream_seed(seed, model, family),
@@ -299,6 +327,7 @@ def train_and_score(args: argparse.Namespace, settings: dict, split: Split, conf
     record = {"model": model, "family": family, "seed": seed, "train_seconds": result.seconds,
               "train_cpu_seconds": result.cpu_seconds, "final_losses": result.final_losses,
               **asdict(setup.judges.score(images, labels))}
+    record["task_cpu_seconds"] = time.process_time() - cpu_started
     return record, images.cpu()
 
 
@@ -375,7 +404,25 @@ def run(args: argparse.Namespace, config: TrainConfig, settings: dict, name: str
             "references": [setup.reference for setup in setups]}
 
 
-METRICS = ("teacher_fidelity", "judge_fidelity", "frechet", "diversity", "train_seconds")
+METRICS = ("teacher_fidelity", "judge_fidelity", "frechet", "diversity", "train_cpu_seconds")
+
+
+def projected_wall_seconds(records: list[dict], references: list[dict], workers: int) -> float:
+    """The wall time :func:`run`'s tasks would take in ``workers`` processes of one thread on as many
+    free cores, from the CPU time each took (``prepare_cpu_seconds``, ``task_cpu_seconds``): the
+    seeds' preparations, then, once all are done, the models in the order ``run`` submits them (GANs
+    first), each to the first worker free, as the process pool hands them out. The parent's own work
+    (loading the data, drawing the grids) is left out; CPU times measured on a loaded machine run
+    long, so the projection from them does too."""
+    def finish(durations: list[float], start: float) -> float:
+        free = [start] * workers
+        for duration in durations:
+            free[free.index(min(free))] += duration
+        return max(free)
+
+    prepared = finish([r["prepare_cpu_seconds"] for r in references], 0.0)
+    ordered = sorted(records, key=lambda r: parse_model(r["model"])[0] != "gan")
+    return finish([r["task_cpu_seconds"] for r in ordered], prepared)
 
 
 def summarize(records: list[dict]) -> dict:
@@ -430,7 +477,7 @@ def _cell(entry: dict, metric: str) -> str:
     mean, std = entry[metric]["mean"], entry[metric]["std"]
     if metric.endswith("fidelity"):
         return f"{100 * mean:.1f} ± {100 * std:.1f}"
-    return f"{mean:.2f} ± {std:.2f}" if metric != "train_seconds" else f"{mean:.0f}"
+    return f"{mean:.2f} ± {std:.2f}" if metric != "train_cpu_seconds" else f"{mean:.0f}"
 
 
 def _clarity_lines(refs: list[dict]) -> list[str]:
@@ -459,6 +506,9 @@ def _markdown(summary: dict, command: str, settings: dict, name: str) -> str:
              (f"Wall time {summary['wall_seconds'] / 60:.1f} min, CPU time {summary['cpu_seconds'] / 60:.1f} min "
               f"(all processes); load average {summary['load_before']:.1f} before, {summary['load_after']:.1f} after "
               "(other work shares the machine)  "),
+             *([] if summary["projected_two_core_wall_seconds"] is None else [
+                 f"Projected on 2 free cores (`--jobs 2`, one thread each, from each task's CPU time here: "
+                 f"`projected_wall_seconds`): {summary['projected_two_core_wall_seconds'] / 60:.1f} min  "]),
              "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
              (f"Scored against {split}. Teacher test accuracy {100 * mean('teacher_test_accuracy'):.2f}%, judge "
               f"(pixel MLP) {100 * mean('judge_test_accuracy'):.2f}% (means over {len(refs)} seeds). Real training "
@@ -469,7 +519,7 @@ def _markdown(summary: dict, command: str, settings: dict, name: str) -> str:
               "between Gaussians fitted to the judge's features (its last hidden layer) of the generated images and "
               "of the real reference images (lower is better). Diversity: mean pairwise feature distance within a "
               "class, relative to real images (1 = as varied). Mean ± std over seeds."), "",
-             "| model | teacher fidelity % | judge fidelity % | Frechet | diversity | train s |",
+             "| model | teacher fidelity % | judge fidelity % | Frechet | diversity | train CPU s |",
              "|---|---|---|---|---|---|"]
     for key, entry in summary["table"].items():
         lines.append(f"| {key} | " + " | ".join(_cell(entry, m) for m in METRICS) + " |")
@@ -513,6 +563,8 @@ def main(args: argparse.Namespace) -> int:
                "device": device_name(args.device), "wall_seconds": time.perf_counter() - wall,
                "cpu_seconds": _cpu_seconds() - cpu, "load_before": load_before,
                "load_after": os.getloadavg()[0], "table": table,
+               "projected_two_core_wall_seconds": (projected_wall_seconds(results["records"], results["references"], 2)
+                                                   if args.device.type == "cpu" else None),
                "targets": targets(results["records"], table, args.families, RECIPES[args.dataset].fidelity_targets),
                **results}
     settings = {**settings, "architecture": config.architecture}

@@ -18,12 +18,14 @@ torch's random ops draw from a generator on the device, the families take their 
 generator (a seed is a host integer), the operators skip their host-side value checks
 (``penact.ops.skip_device_checks``), and the losses are read once per ``log_every`` steps.
 
-Every penact model generates class ``y`` by decoding ``a ~ p(a | y)``, the teacher's distribution.
-Every VAE also has a Gaussian style code (``N(0, I)`` prior), so that the penact VAEs differ from
-the one-hot baseline only in their condition: a posterior in the teacher's space, not a label.
-The penact GAN adds a consistency term, ``-log p(y | teacher(G(a)))``: by the GD pair
-``log p(a | y) + log p(y) - log p(a)``, the log-density of the generated image's own teacher
-activation under the class it was generated for, relative to the class mixture.
+Every penact model generates class ``y`` by decoding ``a ~ p(a | y)``, the teacher's distribution
+(the networks read ``a`` as :meth:`ConditionalGenerator.network_condition` gives it). Every VAE
+also has a Gaussian style code (``N(0, I)`` prior), so that the penact VAEs differ from the one-hot
+baseline only in their condition: a posterior in the teacher's space, not a label. The penact GAN
+adds a consistency term, ``-log p(y | teacher(G(a)))``: by the GD pair ``log p(a | y) + log p(y) -
+log p(a)``, the log-density of the generated image's own teacher activation under the class it was
+generated for, relative to the class mixture (read at its point on the support or at the
+activation itself: :data:`CONSISTENCY_READINGS`).
 """
 from __future__ import annotations
 
@@ -44,6 +46,12 @@ from .networks import Decoder, Discriminator, FeatureEncoder, GaussianEncoder
 KINDS = ("vae", "gan")
 MODES = ("onehot", "labelled", "free")
 MODELS = tuple(f"{kind}-{mode}" for kind in KINDS for mode in MODES)
+# How the consistency term reads a generated image's teacher activation a: "support", the family's
+# reading at its point on the support, log_softmax(W embed(a) + b) (the GD pair; the sphere family
+# reads the direction at its radius r); "activation", the teacher's own, log_softmax(W a + b). They
+# differ for the sphere family alone: its reading ignores ||a||, so a faint image whose activation
+# points the right way is read as confidently as a clear digit (docs/generate.md).
+CONSISTENCY_READINGS = ("support", "activation")
 
 
 @dataclass
@@ -65,6 +73,9 @@ class TrainConfig:
     discriminator: str = "projection"  # the penact GANs' heads: "projection", "auxiliary" (AC-GAN) or "both"
     onehot_discriminator: str = "projection"  # the one-hot GAN's heads (the same choices)
     style_weight: float = 1.0  # the weight of the VAE style code's KL (beta > 1: the class goes to the condition)
+    vae_class_scale: float | None = None  # the class in the VAEs' condition (ConditionalGenerator.network_condition)
+    gan_class_scale: float | None = None  # the same for the GANs' generators and discriminators
+    consistency_reading: str = "support"  # how the consistency term reads: "support" or "activation"
 
 
 def parse_model(name: str) -> tuple[str, str]:
@@ -74,21 +85,47 @@ def parse_model(name: str) -> tuple[str, str]:
     return kind, mode
 
 
+def condition_size(space: LatentSpace | None, num_classes: int, class_scale: float | None) -> int:
+    """``K``, the width of the networks' condition (:meth:`ConditionalGenerator.network_condition`)."""
+    if space is None:
+        return num_classes
+    return space.dim + (num_classes if class_scale is not None else 0)
+
+
 class ConditionalGenerator(nn.Module):
     """A trained model's sampler: ``generate(labels) -> images [N, *image_shape]`` in ``[0, 1]``, on
-    the decoder's device."""
+    the decoder's device. ``class_scale``: see :meth:`network_condition`."""
 
-    def __init__(self, decoder: Decoder, space: LatentSpace | None, num_classes: int, latent_size: int):
+    def __init__(self, decoder: Decoder, space: LatentSpace | None, num_classes: int, latent_size: int,
+                 class_scale: float | None = None):
         super().__init__()
         self.decoder, self.space = decoder, space
-        self.num_classes, self.latent_size = num_classes, latent_size
+        self.num_classes, self.latent_size, self.class_scale = num_classes, latent_size, class_scale
 
     def condition(self, labels: Tensor, seeds: torch.Generator) -> Tensor:
-        """The decoder's condition for ``labels: [N]``, ``[N, K]``; ``seeds``: the CPU generator the
-        family's draws take their seed from."""
+        """The decoder's condition for ``labels: [N]``, ``[N, K]``: the one-hot label times ``class_scale``
+        (1 if None), or :meth:`network_condition` of a draw ``a ~ p(a | y)``; ``seeds``: the CPU
+        generator the family's draws take their seed from."""
         if self.space is None:
-            return F.one_hot(labels, self.num_classes).float()
-        return self.space.normalize(self.space.prior_sample(labels, seeds))
+            scale = 1.0 if self.class_scale is None else self.class_scale
+            return F.one_hot(labels, self.num_classes).float() * scale
+        return self.network_condition(self.space.prior_sample(labels, seeds))
+
+    def network_condition(self, a: Tensor) -> Tensor:
+        """What the penact networks read of activations ``a: [N, D]``, ``[N, K]``: the direction
+        ``normalize(a)`` (norm ``sqrt(D)``), and with a ``class_scale`` s, before it, the teacher's
+        reading ``s p(. | a) = s softmax(W a + b)`` (at ``a``'s point on the support: the GD pair),
+        the continuous twin of the one-hot label, which the one-hot models get times s.
+
+        Why the reading: the family's draws lie far from the real activations the VAE decoders are
+        trained on (on the sphere, cosine 0.15 to their class's mean real direction against 0.95 for
+        real ones), while their reading is as class-clear as the real one (the calibrated fit); given
+        apart, the class reaches the networks in the form they see in training. Its scale matters as
+        the one-hot label's does (docs/generate.md)."""
+        direction = self.space.normalize(a)
+        if self.class_scale is None:
+            return direction
+        return torch.cat([self.class_scale * self.space.class_log_posterior(a).exp(), direction], dim=1)
 
     @torch.no_grad()
     def generate(self, labels: Tensor, generator: torch.Generator) -> Tensor:
@@ -184,9 +221,10 @@ class _VAETrainer:
         else:
             self.encoder = FeatureEncoder(teacher.backbone, space.dim,
                                           space.posterior_size + 2 * config.latent_size, pixels).to(device)
-            self.decoder = _decoder(config, config.latent_size, space.dim, image_shape).to(device)
+            self.decoder = _decoder(config, config.latent_size,
+                                    condition_size(space, num_classes, config.vae_class_scale), image_shape).to(device)
         self.latent_size = config.latent_size
-        self.model = ConditionalGenerator(self.decoder, space, num_classes, config.latent_size)
+        self.model = ConditionalGenerator(self.decoder, space, num_classes, config.latent_size, config.vae_class_scale)
         parameters = [p for m in (self.encoder, self.decoder) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=config.vae_lr)
         self.warmup_steps, self.steps_done = config.kl_warmup * config.vae_steps, 0
@@ -212,7 +250,7 @@ class _VAETrainer:
             posterior = self.space.posterior(features, correction)
             a = posterior.rsample(self.seeds)
             latent, style_kl = self._gaussian(mean, log_var)
-            logits = self.decoder(latent, self.space.normalize(a))
+            logits = self.decoder(latent, self.model.network_condition(a))
             class_posterior = None
             if labels is None and self.free_kl == "joint":
                 with torch.no_grad():
@@ -235,14 +273,17 @@ class _VAETrainer:
 class _GANTrainer:
     def __init__(self, teacher, space, num_classes, config, generator, seeds, image_shape):
         self.teacher, self.space, self.generator, self.seeds = teacher, space, generator, seeds
-        self.consistency = config.consistency
-        condition_size = num_classes if space is None else space.dim
+        if config.consistency_reading not in CONSISTENCY_READINGS:
+            raise ValueError(f"consistency_reading must be one of {CONSISTENCY_READINGS}, "
+                             f"got {config.consistency_reading!r}")
+        self.consistency, self.consistency_reading = config.consistency, config.consistency_reading
+        size = condition_size(space, num_classes, config.gan_class_scale)
         self.noise_size = config.noise_size
         device = teacher.fc.weight.device
-        self.decoder = _decoder(config, config.noise_size, condition_size, image_shape).to(device)
-        self.model = ConditionalGenerator(self.decoder, space, num_classes, config.noise_size)
+        self.decoder = _decoder(config, config.noise_size, size, image_shape).to(device)
+        self.model = ConditionalGenerator(self.decoder, space, num_classes, config.noise_size, config.gan_class_scale)
         heads = config.onehot_discriminator if space is None else config.discriminator
-        self.discriminator = Discriminator(condition_size, num_classes, heads, image_shape, config.architecture,
+        self.discriminator = Discriminator(size, num_classes, heads, image_shape, config.architecture,
                                            config.width).to(device)
         self.g_optimizer = torch.optim.Adam(self.decoder.parameters(), lr=config.gan_lr, betas=(config.gan_beta1, 0.999))
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.discriminator_lr,
@@ -284,14 +325,20 @@ class _GANTrainer:
         g_loss = -fake_score.mean() + fake_class
         losses = {"d": d_loss.detach(), "g": g_loss.detach()}
         if self.space is not None and self.consistency > 0:
-            log_reading = self.space.class_log_posterior(self.teacher.features(fake))
-            consistency = F.nll_loss(log_reading, fake_labels)
+            consistency = F.nll_loss(self.log_reading(fake), fake_labels)
             g_loss = g_loss + self.consistency * consistency
             losses["consistency"] = consistency.detach()
         self.g_optimizer.zero_grad(set_to_none=True)
         g_loss.backward()
         self.g_optimizer.step()
         return losses
+
+    def log_reading(self, images: Tensor) -> Tensor:
+        """The consistency term's class reading of ``images``, ``log p(y | x)``, ``[N, C]``, by
+        ``consistency_reading`` (:data:`CONSISTENCY_READINGS`)."""
+        if self.consistency_reading == "support":
+            return self.space.class_log_posterior(self.teacher.features(images))
+        return torch.log_softmax(self.teacher(images), dim=1)
 
     def sampler(self) -> ConditionalGenerator:
         return self.model.eval()
