@@ -301,7 +301,8 @@ def test_samples_are_the_inverse_cdf_of_their_stream(dtype, rng):
     # plus P(a > 0), which the kernel and this test compute in double to ~1e-16 apart: its error
     # moves V and q relatively, and Z by q / phi(Z) times that (large as V -> 1, Z -> -inf)
     density = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    tol = s * ((4e-7 if dtype == torch.float32 else 1e-14) * (np.abs(t) + np.abs(z) + 1) + 1e-14 * q / density)
+    with np.errstate(invalid="ignore"):  # nan where z is infinite: rows outside `inverse`, not checked
+        tol = s * ((4e-7 if dtype == torch.float32 else 1e-14) * (np.abs(t) + np.abs(z) + 1) + 1e-14 * q / density)
     assert (np.abs(x - expected) <= tol)[inverse].all()
 
 
