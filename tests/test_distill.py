@@ -262,6 +262,29 @@ def test_methods_train_and_use_disjoint_offsets(teacher_state, method, transfer,
     assert (distiller.timings.sampler > 0) == (method != "kd")
 
 
+@pytest.mark.parametrize("ratio", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("kind", ["tensor", "loader"])
+def test_a_pool_batch_goes_beside_a_full_transfer_batch(teacher_state, kind, ratio):
+    """The pool adds ``synth_ratio * batch_size`` images to each step and never displaces
+    transfer images: the student sees every transfer image a plain KD run would."""
+    images = transfer_images("in-domain", load_digits_split(), seed=0)
+    transfer = images if kind == "tensor" else DataLoader(images, batch_size=TINY.batch_size)
+    config = replace(TINY, steps=3, synth_ratio=ratio)
+    synth = _distiller(teacher_state, "synth", transfer, config=config)
+    kd = _distiller(teacher_state, "kd", transfer, config=config)
+    seen = {}
+    for name, distiller in (("synth", synth), ("kd", kd)):
+        sizes = seen[name] = []
+        distiller.student.register_forward_hook(lambda module, args, output, sizes=sizes: sizes.append(len(args[0])))
+        distiller.train()
+    pool_batch = round(TINY.batch_size * ratio)
+    assert seen["kd"] == [TINY.batch_size] * 3
+    assert seen["synth"] == [TINY.batch_size + pool_batch] * 3
+    assert synth.transfer.epoch == kd.transfer.epoch and synth.transfer.cursor == kd.transfer.cursor
+    with pytest.raises(ValueError, match="synth_ratio must be positive"):
+        replace(TINY, synth_ratio=0.0)
+
+
 def test_kd_without_transfer_data_is_refused(teacher_state):
     with pytest.raises(ValueError, match="needs transfer data"):
         _distiller(teacher_state, "kd", "none")
@@ -492,8 +515,8 @@ def test_two_process_run(teacher_state, tmp_path, device):
     assert ranks[0]["balanced_draws"] == ranks[1]["balanced_draws"] == max(own_draws) > TINY.pool_size // 2
     # Resuming from a checkpoint continues the 2-rank run exactly.
     assert ranks[0]["resumed_params"] == ranks[0]["params"] and ranks[1]["resumed_params"] == ranks[1]["params"]
-    # Each rank takes half of the global batch.
-    assert ranks[0]["transfer_batch"] + ranks[0]["synth_batch"] == TINY.batch_size // 2
+    # Each rank takes half of the global batch, and as many pool images beside it.
+    assert ranks[0]["transfer_batch"] == ranks[0]["synth_batch"] == TINY.batch_size // 2
     # Rank r draws from its own offset range [r 2^40, (r + 1) 2^40), and the ranges never meet.
     for rank, result in enumerate(ranks):
         for offset, count in result["draws"]:

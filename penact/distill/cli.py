@@ -33,7 +33,7 @@ from .transfer import DEFAULT_SEVERITY, TRANSFER_SETS
 DEFAULT_METHODS = ("kd", "weighted", "synth", "synth+weighted")
 SEEDS = 5
 # The DistillConfig fields set from the command line (the rest keep the benchmark's values).
-CONFIG_OPTIONS = ("steps", "batch_size", "synth_fraction", "lr", "temperature", "pool_size", "refresh_every",
+CONFIG_OPTIONS = ("steps", "batch_size", "synth_ratio", "lr", "temperature", "pool_size", "refresh_every",
                   "refresh_size", "synth_steps", "synth_lr", "match", "tv_weight", "l2_weight", "synth_jitter",
                   "augment_shift", "balance_rounds")
 

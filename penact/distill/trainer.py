@@ -8,9 +8,9 @@ Methods (combinable with ``+``, e.g. ``"synth+weighted"``):
 - ``synth``: a pool of inputs synthesized from labelled activations drawn from the teacher's
   distribution (``synthesis.synthesize_inputs``), built before the first step (or given: one pool
   can serve many runs, see :meth:`Distiller.synthesize_pool`) and optionally refreshed (first in,
-  first out) every ``refresh_every`` steps; each step distils on a batch of the pool alongside the
-  transfer batch (the pool's share of the batch is ``synth_fraction``; all of it when there are no
-  transfer data). With ``augment_shift = k > 0`` each pool image of a batch is translated by up to
+  first out) every ``refresh_every`` steps; each step distils on a batch of the pool beside the
+  full transfer batch (``synth_ratio`` pool images per transfer image; a whole batch of pool images
+  when there are no transfer data), so that the pool never displaces real images. With ``augment_shift = k > 0`` each pool image of a batch is translated by up to
   ``k`` pixels per axis and the teacher's logits are computed afresh on what the student sees.
   With ``balance_rounds > 0`` the pool is balanced as the teacher reads it (``_balanced``);
 - ``weighted``: each transfer sample's loss weighted by the teacher model's marginal density of its
@@ -86,8 +86,8 @@ class DistillConfig:
 
     method: str = "kd"
     steps: int = 1500
-    batch_size: int = 128             # global batch per step (with a loader: sets the pool's share only)
-    synth_fraction: float = 0.5       # share of the batch taken from the pool when transfer data exist
+    batch_size: int = 128             # global transfer batch per step (with a loader: sizes only the pool's batch)
+    synth_ratio: float = 1.0          # pool images per transfer image in a step (beside the transfer batch)
     lr: float = 2e-3                  # Adam, cosine-annealed to 0 over ``steps``
     temperature: float = 4.0
     pool_size: int = 512
@@ -109,8 +109,8 @@ class DistillConfig:
         parse_method(self.method)
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
-        if not 0 < self.synth_fraction < 1:
-            raise ValueError(f"synth_fraction must lie in (0, 1), got {self.synth_fraction}")
+        if not self.synth_ratio > 0:
+            raise ValueError(f"synth_ratio must be positive, got {self.synth_ratio}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.balance_rounds < 0:
@@ -236,10 +236,10 @@ class Distiller:
         if "synth" not in self.parts:
             self.synth_batch = 0
         else:
-            self.synth_batch = max(1, round(local_batch * config.synth_fraction)) if has_transfer else local_batch
+            self.synth_batch = max(1, round(local_batch * config.synth_ratio)) if has_transfer else local_batch
         self.transfer: TensorBatches | LoaderBatches | None = None
-        if is_tensor and has_transfer and local_batch > self.synth_batch:
-            self.transfer = TensorBatches(transfer, local_batch - self.synth_batch, rank=self.rank,
+        if is_tensor and has_transfer:
+            self.transfer = TensorBatches(transfer, local_batch, rank=self.rank,
                                           world_size=self.world_size, seed=config.seed, device=self.device,
                                           features=self.teacher.features)
         elif not is_tensor and has_transfer:
