@@ -10,9 +10,10 @@ Methods (combinable with ``+``, e.g. ``"synth+weighted"``):
   can serve many runs, see :meth:`Distiller.synthesize_pool`) and optionally refreshed (first in,
   first out) every ``refresh_every`` steps; each step distils on a batch of the pool beside the
   full transfer batch (``synth_ratio`` pool images per transfer image; a whole batch of pool images
-  when there are no transfer data), so that the pool never displaces real images. With ``augment_shift = k > 0`` each pool image of a batch is translated by up to
-  ``k`` pixels per axis and the teacher's logits are computed afresh on what the student sees.
-  With ``balance_rounds > 0`` the pool is balanced as the teacher reads it (``_balanced``);
+  when there are no transfer data), so that the pool never displaces real images. With
+  ``augment_shift = k > 0`` each pool image of a batch is translated by up to ``k`` pixels per axis
+  and the teacher's logits are computed afresh on what the student sees. With
+  ``balance_rounds > 0`` the pool is balanced as the teacher reads it (``_balanced``);
 - ``weighted``: each transfer sample's loss weighted by the teacher model's marginal density of its
   teacher activation, ``w_i = n softmax_i(log p(a_i) / tau)`` over the rank's transfer batch (mean
   1), with ``tau`` the standard deviation of ``log p(a)`` under the model's own samples, so that
