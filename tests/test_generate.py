@@ -24,7 +24,7 @@ from penact.generate.families import (
     shuffle_within_class,
     with_spread,
 )
-from penact.generate.metrics import Judges, mean_pairwise_distance
+from penact.generate.metrics import Judges, cross_spread, mean_pairwise_distance
 from penact.generate.networks import (
     DISCRIMINATORS,
     Decoder,
@@ -104,6 +104,48 @@ def test_judges_score_counts_hits_and_real_images_are_as_diverse_as_themselves(n
     expected = float(((images[:, 0, 0, 0] * 4).long().clamp(0, 3) == labels).double().mean())
     assert scores.teacher_fidelity == pytest.approx(expected) and scores.judge_fidelity == pytest.approx(expected)
     assert scores.diversity == pytest.approx(1.0) and scores.frechet == pytest.approx(0.0, abs=1e-6)  # eigen rounding
+
+
+def test_cross_spread_is_the_mean_over_pairs_that_differ_in_both_indices(np_rng):
+    x = torch.from_numpy(np_rng.standard_normal((4, 3, 5)))
+    pairs = [float((x[m, k] - x[n, j]).norm()) for m in range(4) for k in range(3) for n in range(4) for j in range(3)
+             if m != n and k != j]
+    assert cross_spread(x) == pytest.approx(sum(pairs) / len(pairs), rel=1e-12)
+    with pytest.raises(ValueError, match="M, K >= 2"):
+        cross_spread(x[:1])
+
+
+@pytest.mark.parametrize("reads", ["style", "condition", "both"])
+def test_variety_sources_tell_the_style_code_from_the_condition(np_rng, reads):
+    """A decoder that reads only its style code has no variety over conditions, and the reverse; a
+    one-hot generator's condition is the label, so it has none over conditions either way."""
+    torch.manual_seed(int(np_rng.integers(2**31)))
+
+    class Decoder(nn.Module):
+        def __init__(self, condition_size):
+            super().__init__()
+            self.mix = nn.Linear(4 + condition_size, 16)
+
+        def forward(self, latent, condition):
+            latent = latent if reads != "condition" else torch.zeros_like(latent)
+            condition = condition if reads != "style" else torch.zeros_like(condition)
+            return self.mix(torch.cat([latent, condition], dim=1)).view(-1, 1, 4, 4)
+
+    class Pixels(nn.Module):
+        def features(self, x):
+            return x.flatten(1)
+
+    judges = Judges(Pixels(), Pixels(), torch.rand(40, 1, 4, 4), torch.arange(4).repeat(10))
+    weight, bias = torch.randn(4, 3), torch.randn(4)
+    generators = {"onehot": ConditionalGenerator(Decoder(4), None, 4, 4),
+                  "penact": ConditionalGenerator(Decoder(3), LatentSpace(PenultimateDistribution(weight, bias, radius=2.0)),
+                                                 4, 4)}
+    for mode, generator in generators.items():
+        sources = judges.variety_sources(generator, torch.Generator().manual_seed(0), conditions=3, styles=5)
+        varied = {name: value > 1e-6 for name, value in sources.items()}  # equal rows: cdist rounds to ~1e-9
+        assert varied["style"] == (reads != "condition")
+        assert varied["condition"] == (reads != "style" and mode == "penact")
+        assert varied["both"] == (reads != "condition" or mode == "penact")
 
 
 def _spaces(np_rng, dim=6, classes=3):

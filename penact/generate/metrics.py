@@ -10,6 +10,8 @@
 - **Diversity**: per class, the mean pairwise distance between the judge's features of the
   generated images, divided by the same for the real test images of that class, averaged over
   classes (1 = as varied as real digits, 0 = one image per class).
+- **Where the variety comes from** (:meth:`Judges.variety_sources`): the same ratio over the style
+  code (or noise) at a fixed condition, over the condition at a fixed style code, and over both.
 """
 from __future__ import annotations
 
@@ -78,3 +80,39 @@ class Judges:
         spread = torch.tensor([mean_pairwise_distance(features[labels == c]) for c in range(self.num_classes)])
         return Scores(float(teacher_hits), float(judge_hits), frechet_distance(features, self.real_features),
                       float((spread / self.real_spread).mean()))
+
+    @torch.no_grad()
+    def variety_sources(self, generator, generator_seed: torch.Generator, conditions: int = 10,
+                        styles: int = 10) -> dict[str, float]:
+        """Where a ``ConditionalGenerator``'s variety within a class comes from. Per class it decodes
+        ``conditions`` conditions (penact: draws ``a ~ p(a | y)``; one-hot: the label, the same each
+        time) times ``styles`` style codes; each entry is the mean over classes of a spread of the
+        judge's features divided by the real images' (as ``diversity``): ``style`` over the style
+        codes at a fixed condition, ``condition`` over the conditions at a fixed style code, ``both``
+        over pairs that differ in both (:func:`cross_spread`)."""
+        device = next(generator.decoder.parameters()).device
+        spreads: dict[str, list[float]] = {"style": [], "condition": [], "both": []}
+        for label in range(self.num_classes):
+            condition = generator.condition(torch.full((conditions,), label, device=device), generator_seed)
+            latent = torch.randn(styles, generator.latent_size, generator=generator_seed).to(device)
+            images = torch.sigmoid(generator.decoder(latent.repeat(conditions, 1),
+                                                     condition.repeat_interleave(styles, dim=0)))
+            features = self.judge.features(images).reshape(conditions, styles, -1)
+            real = float(self.real_spread[label])
+            spreads["style"].append(sum(mean_pairwise_distance(row) for row in features) / conditions / real)
+            spreads["condition"].append(sum(mean_pairwise_distance(features[:, k]) for k in range(styles)) / styles / real)
+            spreads["both"].append(cross_spread(features) / real)
+        return {name: sum(values) / len(values) for name, values in spreads.items()}
+
+
+def cross_spread(features: Tensor) -> float:
+    """The mean distance between ``features[m, k]`` and ``features[m', k']`` over ``m != m'`` and
+    ``k != k'`` (pairs that differ in both indices); ``features: [M, K, F]``, ``M, K >= 2``."""
+    m, k, _ = features.shape
+    if m < 2 or k < 2:
+        raise ValueError(f"cross_spread needs M, K >= 2, got {m}, {k}")
+    flat = features.reshape(m * k, -1).double()
+    distances = torch.cdist(flat, flat).reshape(m, k, m, k)
+    mask = (~torch.eye(m, dtype=torch.bool, device=flat.device))[:, None, :, None] \
+        & (~torch.eye(k, dtype=torch.bool, device=flat.device))[None, :, None, :]
+    return float(distances[mask].mean())
