@@ -10,8 +10,8 @@ over both (``both``: the report's diversity, up to sampling), relative to the re
         --models vae-onehot,vae-labelled --threads 1 --no-progress
 
 Takes ``penact generate``'s options (recipe, seeds, models, families) and prints a markdown table,
-with each model's judge fidelity, Frechet distance and diversity as ``penact generate`` scores them
-(``per_class`` images of every class, the same draws).
+with each model's judge fidelity, Frechet distance (and its mean term, ``||m1 - m2||^2``) and
+diversity as ``penact generate`` scores them (``per_class`` images of every class, the same draws).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def main() -> None:
     data = get_dataset(args.dataset).load()
     split = Split(*(t.to(args.device) for t in _split(data, RECIPES[args.dataset].validation_size, args.validation)),
                   num_classes=data.num_classes)
-    print("| seed | model | judge % | Frechet | diversity | style | condition | both | CPU s (train, score) |")
+    print("| seed | model | judge % | Frechet (mean term) | diversity | style | condition | both | CPU s (train, score) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for seed in range(settings["seeds"]):
         setup = prepare_seed(args, settings, split, seed)
@@ -47,12 +47,16 @@ def main() -> None:
                                  None if mode == "free" else split.train_labels, config,
                                  seed=stream_seed(seed, model, family), progress=not args.no_progress)
             labels = torch.arange(split.num_classes, device=args.device).repeat_interleave(settings["per_class"])
-            scores = setup.judges.score(result.generator.generate(labels, torch.Generator().manual_seed(
-                stream_seed(seed, model, family, "evaluate"))), labels)
+            images = result.generator.generate(labels, torch.Generator().manual_seed(
+                stream_seed(seed, model, family, "evaluate")))
+            scores = setup.judges.score(images, labels)
+            with torch.no_grad():  # the Frechet distance's mean term ||m1 - m2||^2; the rest is its covariance term
+                shift = float((setup.judges.judge.features(images).double().mean(0)
+                               - setup.judges.real_features.double().mean(0)).square().sum())
             spreads = setup.judges.variety_sources(
                 result.generator, torch.Generator().manual_seed(stream_seed(seed, model, family, "diversity")))
             label = model if family is None else f"{model} ({family})"
-            print(f"| {seed} | {label} | {100 * scores.judge_fidelity:.1f} | {scores.frechet:.2f} "
+            print(f"| {seed} | {label} | {100 * scores.judge_fidelity:.1f} | {scores.frechet:.2f} ({shift:.2f}) "
                   f"| {scores.diversity:.2f} | {spreads['style']:.2f} | {spreads['condition']:.2f} | {spreads['both']:.2f} "
                   f"| {time.process_time() - started:.0f} |", flush=True)
 
