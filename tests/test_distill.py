@@ -3,6 +3,7 @@
 real 2-process runs (gloo on CPU, NCCL with two GPUs; spawned, and the command under torchrun),
 the README's example, and the grid's report."""
 import json
+import math
 import os
 import re
 import signal
@@ -281,8 +282,9 @@ def test_a_pool_batch_goes_beside_a_full_transfer_batch(teacher_state, kind, rat
     assert seen["kd"] == [TINY.batch_size] * 3
     assert seen["synth"] == [TINY.batch_size + pool_batch] * 3
     assert synth.transfer.epoch == kd.transfer.epoch and synth.transfer.cursor == kd.transfer.cursor
-    with pytest.raises(ValueError, match="synth_ratio must be positive"):
-        replace(TINY, synth_ratio=0.0)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="synth_ratio must be positive and finite"):
+            replace(TINY, synth_ratio=bad)
 
 
 def test_kd_without_transfer_data_is_refused(teacher_state):

@@ -110,8 +110,8 @@ class DistillConfig:
         parse_method(self.method)
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
-        if not self.synth_ratio > 0:
-            raise ValueError(f"synth_ratio must be positive, got {self.synth_ratio}")
+        if not 0 < self.synth_ratio < math.inf:
+            raise ValueError(f"synth_ratio must be positive and finite, got {self.synth_ratio}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.balance_rounds < 0:
