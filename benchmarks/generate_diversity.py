@@ -22,6 +22,7 @@ import torch
 
 from penact._random import stream_seed
 from penact.experiments import get_dataset
+from penact.generate.metrics import frechet_terms
 from penact.generate.cli import RECIPES, Split, _runs, _split, add_arguments, prepare_seed, resolve
 from penact.generate.trainers import parse_model, train_model
 
@@ -50,9 +51,8 @@ def main() -> None:
             images = result.generator.generate(labels, torch.Generator().manual_seed(
                 stream_seed(seed, model, family, "evaluate")))
             scores = setup.judges.score(images, labels)
-            with torch.no_grad():  # the Frechet distance's mean term ||m1 - m2||^2; the rest is its covariance term
-                shift = float((setup.judges.judge.features(images).double().mean(0)
-                               - setup.judges.real_features.double().mean(0)).square().sum())
+            with torch.no_grad():
+                shift, _ = frechet_terms(setup.judges.judge.features(images), setup.judges.real_features)
             spreads = setup.judges.variety_sources(
                 result.generator, torch.Generator().manual_seed(stream_seed(seed, model, family, "diversity")))
             label = model if family is None else f"{model} ({family})"

@@ -282,9 +282,12 @@ def test_a_pool_batch_goes_beside_a_full_transfer_batch(teacher_state, kind, rat
     assert seen["kd"] == [TINY.batch_size] * 3
     assert seen["synth"] == [TINY.batch_size + pool_batch] * 3
     assert synth.transfer.epoch == kd.transfer.epoch and synth.transfer.cursor == kd.transfer.cursor
-    for bad in (0.0, -1.0, math.inf, math.nan):
-        with pytest.raises(ValueError, match="synth_ratio must be positive and finite"):
-            replace(TINY, synth_ratio=bad)
+
+
+@pytest.mark.parametrize("ratio", [0.0, -1.0, math.inf, math.nan])
+def test_synth_ratio_must_be_positive_and_finite(ratio):
+    with pytest.raises(ValueError, match="synth_ratio must be positive and finite"):
+        replace(TINY, synth_ratio=ratio)
 
 
 def test_kd_without_transfer_data_is_refused(teacher_state):

@@ -24,7 +24,7 @@ from penact.generate.families import (
     shuffle_within_class,
     with_spread,
 )
-from penact.generate.metrics import Judges, cross_spread, mean_pairwise_distance
+from penact.generate.metrics import Judges, cross_spread, frechet_terms, mean_pairwise_distance
 from penact.generate.networks import (
     DISCRIMINATORS,
     Decoder,
@@ -73,6 +73,8 @@ def test_frechet_distance_matches_scipy_and_closed_form(np_rng):
     x = (x - x.mean(0)) @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(x.T))).T  # mean 0, covariance I
     shifted = 3 * x + torch.tensor([1.0, 2.0, 0.0, 0.0], dtype=torch.float64)
     assert frechet_distance(x, shifted) == pytest.approx(5.0 + 4 * (3 - 1) ** 2, rel=1e-9)
+    mean_term, covariance_term = frechet_terms(x, shifted)
+    assert mean_term == pytest.approx(5.0, rel=1e-12) and covariance_term == pytest.approx(4 * (3 - 1) ** 2, rel=1e-9)
     with pytest.raises(ValueError, match="two rows"):
         frechet_distance(x[:1], x)
 

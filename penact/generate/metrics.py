@@ -28,7 +28,13 @@ def _symmetric_sqrt(matrix: Tensor) -> Tensor:
 
 def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
     """The Frechet distance between Gaussians fitted to ``features_a: [N, K]`` and ``features_b:
-    [M, K]`` (means and unbiased covariances), in float64. ``tr((S1 S2)^1/2)`` is computed as
+    [M, K]`` (means and unbiased covariances), in float64: the sum of :func:`frechet_terms`."""
+    return sum(frechet_terms(features_a, features_b))
+
+
+def frechet_terms(features_a: Tensor, features_b: Tensor) -> tuple[float, float]:
+    """The Frechet distance's two terms, ``(||m1 - m2||^2, tr(S1 + S2 - 2 (S1 S2)^1/2))``: where the
+    means differ and where the spreads do. ``tr((S1 S2)^1/2)`` is computed as
     ``tr((S1^1/2 S2 S1^1/2)^1/2)``, the square root of a symmetric positive semi-definite matrix."""
     if features_a.dim() != 2 or features_b.dim() != 2 or features_a.shape[1] != features_b.shape[1]:
         raise ValueError(f"features must be [N, K] and [M, K], got {tuple(features_a.shape)} and {tuple(features_b.shape)}")
@@ -39,7 +45,7 @@ def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
     root_a = _symmetric_sqrt(cov_a)
     cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
-    return float((mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+    return float((mean_a - mean_b).square().sum()), float(cov_a.trace() + cov_b.trace() - 2 * cross)
 
 
 def mean_pairwise_distance(features: Tensor) -> float:
@@ -95,8 +101,7 @@ class Judges:
         for label in range(self.num_classes):
             condition = generator.condition(torch.full((conditions,), label, device=device), generator_seed)
             latent = torch.randn(styles, generator.latent_size, generator=generator_seed).to(device)
-            images = torch.sigmoid(generator.decoder(latent.repeat(conditions, 1),
-                                                     condition.repeat_interleave(styles, dim=0)))
+            images = generator.decode(latent.repeat(conditions, 1), condition.repeat_interleave(styles, dim=0))
             features = self.judge.features(images).reshape(conditions, styles, -1)
             real = float(self.real_spread[label])
             spreads["style"].append(sum(mean_pairwise_distance(row) for row in features) / conditions / real)

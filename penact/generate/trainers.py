@@ -132,7 +132,12 @@ class ConditionalGenerator(nn.Module):
         """Images for ``labels: [N]``, every draw from ``generator`` (a CPU generator)."""
         device = next(self.decoder.parameters()).device
         latent = torch.randn(labels.shape[0], self.latent_size, generator=generator).to(device)
-        return torch.sigmoid(self.decoder(latent, self.condition(labels.to(device), generator)))
+        return self.decode(latent, self.condition(labels.to(device), generator))
+
+    def decode(self, latent: Tensor, condition: Tensor) -> Tensor:
+        """Images in ``[0, 1]`` of style codes ``latent: [N, latent_size]`` under conditions
+        ``condition: [N, K]`` (:meth:`condition`)."""
+        return torch.sigmoid(self.decoder(latent, condition))
 
 
 @dataclass
