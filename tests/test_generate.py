@@ -247,6 +247,36 @@ def test_label_free_models_refuse_labels_and_others_require_them(small_setup):
         train_model("vae-other", teacher, None, images, labels, TINY, seed=0, progress=False)
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_a_prior_condition_share_decodes_that_share_of_rows_from_the_class_prior(small_setup, monkeypatch, share):
+    """With ``prior_condition_share = s`` each labelled-VAE step draws ``a ~ p(a | y)`` for its batch's
+    labels and decodes about ``s`` of its rows from those draws; with 0 it never draws from the prior."""
+    teacher, images, labels, spaces = small_setup
+    drawn, decoded = [], []
+    prior_sample, network_condition = LatentSpace.prior_sample, ConditionalGenerator.network_condition
+
+    def recording_prior_sample(self, y, generator):
+        drawn.append(prior_sample(self, y, generator))
+        return drawn[-1]
+
+    def recording_network_condition(self, a):
+        decoded.append(a.clone())
+        return network_condition(self, a)
+
+    monkeypatch.setattr(LatentSpace, "prior_sample", recording_prior_sample)
+    monkeypatch.setattr(ConditionalGenerator, "network_condition", recording_network_condition)
+    config = dataclasses.replace(TINY, vae_steps=20, prior_condition_share=share)
+    train_model("vae-labelled", teacher, spaces["sphere"], images, labels, config, seed=0, progress=False)
+    assert len(drawn) == (20 if share else 0) and len(decoded) == 20
+    if share:
+        assert all(prior.shape == (TINY.batch_size, spaces["sphere"].dim) for prior in drawn)
+        from_prior = torch.stack([(a == prior).all(dim=1).double().mean() for a, prior in zip(decoded, drawn)])
+        assert float(from_prior.mean()) == pytest.approx(share, abs=0.1)
+    with pytest.raises(ValueError, match=r"prior_condition_share must lie in \[0, 1\]"):
+        train_model("vae-labelled", teacher, spaces["sphere"], images, labels,
+                    dataclasses.replace(TINY, prior_condition_share=1.5), seed=0, progress=False)
+
+
 def test_training_steps_skip_the_operators_device_checks(small_setup, monkeypatch):
     from penact import _C
 

@@ -90,7 +90,7 @@ RECIPES = {
 # Options whose default comes from the data set's recipe (its TrainConfig, or the recipe itself).
 CONFIG_OPTIONS = ("vae_steps", "gan_steps", "batch_size", "discriminator_lr", "consistency", "free_kl", "width",
                   "discriminator", "onehot_discriminator", "style_weight", "vae_class_scale", "gan_class_scale",
-                  "consistency_reading")
+                  "consistency_reading", "prior_condition_share")
 RUN_OPTIONS = ("seeds", "teacher_epochs", "judge_epochs", "per_class", "fit")
 
 
@@ -135,6 +135,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the one-hot GAN's discriminator heads " + recipe)
     parser.add_argument("--style-weight", type=float, default=None,
                         help="the weight of the VAE style code's KL " + recipe)
+    parser.add_argument("--prior-condition-share", type=float, default=None,
+                        help="the labelled VAEs: the share of each batch whose decoder reads a draw of the class prior "
+                             "p(a|y) in place of the posterior draw (docs/generate.md) " + recipe)
     for kind in ("vae", "gan"):
         parser.add_argument(f"--{kind}-class-scale", type=_class_scale, default=None,
                             help=f"the class in the {kind.upper()}s' condition: the one-hot label times it, the "

@@ -76,6 +76,7 @@ class TrainConfig:
     vae_class_scale: float | None = None  # the class in the VAEs' condition (ConditionalGenerator.network_condition)
     gan_class_scale: float | None = None  # the same for the GANs' generators and discriminators
     consistency_reading: str = "support"  # how the consistency term reads: "support" or "activation"
+    prior_condition_share: float = 0.0  # labelled VAE: share of each batch decoded from a ~ p(a | y), not the posterior
 
 
 def parse_model(name: str) -> tuple[str, str]:
@@ -234,6 +235,9 @@ class _VAETrainer:
         self.optimizer = torch.optim.Adam(parameters, lr=config.vae_lr)
         self.warmup_steps, self.steps_done = config.kl_warmup * config.vae_steps, 0
         self.free_kl, self.style_weight = config.free_kl, config.style_weight
+        if not 0 <= config.prior_condition_share <= 1:
+            raise ValueError(f"prior_condition_share must lie in [0, 1], got {config.prior_condition_share}")
+        self.prior_condition_share = config.prior_condition_share
 
     def _gaussian(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
         """A draw of the style code and its KL to N(0, I), ``[N]``."""
@@ -255,7 +259,13 @@ class _VAETrainer:
             posterior = self.space.posterior(features, correction)
             a = posterior.rsample(self.seeds)
             latent, style_kl = self._gaussian(mean, log_var)
-            logits = self.decoder(latent, self.model.network_condition(a))
+            decoded = a
+            if self.prior_condition_share and labels is not None:
+                # On these rows the condition is the class's, not the image's: the style code must carry the style.
+                prior = torch.rand(images.shape[0], generator=self.generator, device=images.device) \
+                    < self.prior_condition_share
+                decoded = torch.where(prior[:, None], self.space.prior_sample(labels, self.seeds), a)
+            logits = self.decoder(latent, self.model.network_condition(decoded))
             class_posterior = None
             if labels is None and self.free_kl == "joint":
                 with torch.no_grad():
