@@ -179,3 +179,12 @@ def git(*args: str) -> str | None:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
     return None
+
+
+def source_state(short: bool = False) -> tuple[str | None, list[str] | None]:
+    """``(commit, uncommitted)``: the checkout's HEAD (abbreviated with ``short``) and the tracked
+    files that differ from it, so that a report says when its figures came from code no commit
+    holds; ``(None, None)`` outside a checkout."""
+    commit = git("rev-parse", *(["--short"] if short else []), "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit, (None if status is None else [line.split(None, 1)[-1] for line in status.splitlines()])

@@ -277,6 +277,21 @@ def test_a_prior_condition_share_decodes_that_share_of_rows_from_the_class_prior
                     dataclasses.replace(TINY, prior_condition_share=1.5), seed=0, progress=False)
 
 
+@pytest.mark.parametrize("mode", ["labelled", "free"])
+def test_a_vae_reading_only_the_class_decodes_the_reading_of_its_condition(small_setup, mode):
+    """``vae_condition = "reading"``: the penact VAE's decoder takes ``s p(. | a)`` (width C) beside its
+    style code, and a trained model generates from the same reading of prior draws."""
+    teacher, images, labels, spaces = small_setup
+    config = dataclasses.replace(TINY, vae_steps=5, vae_class_scale=3.0, vae_condition="reading")
+    model = train_model(f"vae-{mode}", teacher, spaces["rectified"], images, labels if mode == "labelled" else None,
+                        config, seed=0, progress=False).generator
+    seen = []
+    model.decoder.register_forward_hook(lambda module, args, output: seen.append(args[1]))
+    generated = model.generate(labels[:8], torch.Generator().manual_seed(0))
+    assert generated.shape == (8, *images.shape[1:]) and seen[0].shape == (8, 10)
+    torch.testing.assert_close(seen[0].sum(dim=1), torch.full((8,), 3.0))  # a scaled distribution over classes
+
+
 def test_training_steps_skip_the_operators_device_checks(small_setup, monkeypatch):
     from penact import _C
 
@@ -309,7 +324,12 @@ def test_generate_command_writes_its_report(tmp_path, device):
     clarity = report["references"][0]["condition_clarity"]["rectified"]
     assert all(0 <= clarity[key] <= 1 for key in ("samples", "real", "shuffled"))
     assert [v["target"] for v in report["targets"]] == ["vae-free (rectified): judge fidelity >= 85%"]
-    assert "| vae-free (rectified) |" in (tmp_path / "tiny.md").read_text()
+    markdown = (tmp_path / "tiny.md").read_text()
+    assert "| vae-free (rectified) |" in markdown
+    # The code the figures came from: HEAD, and the tracked files that differ from it, as git reports them.
+    commit, uncommitted = experiments.source_state(short=True)
+    assert report["commit"] == (commit or "unknown") and report["uncommitted"] == uncommitted
+    assert (" with uncommitted changes to " in markdown) == bool(uncommitted)
     grids = sorted(p.name for p in (tmp_path / "tiny").iterdir())
     assert grids == ["gan-labelled-rectified.png", "real-test.png", "vae-free-rectified.png", "vae-onehot.png"]
 
@@ -468,6 +488,13 @@ def test_network_condition_puts_the_class_reading_before_the_direction(small_set
         torch.testing.assert_close(condition[:, 10:], ConditionalGenerator(nn.Identity(), space, 10, 0)
                                    .network_condition(a))
         assert condition_size(space, 10, None) == space.dim
+        reading = ConditionalGenerator(nn.Identity(), space, 10, 0, class_scale=2.5, reads="reading")
+        assert condition_size(space, 10, 2.5, "reading") == 10
+        torch.testing.assert_close(reading.network_condition(a), condition[:, :10])
+    with pytest.raises(ValueError, match="reads='reading' needs a class_scale"):
+        ConditionalGenerator(nn.Identity(), space, 10, 0, reads="reading")
+    with pytest.raises(ValueError, match="reads must be one of"):
+        ConditionalGenerator(nn.Identity(), space, 10, 0, reads="label")
     onehot = ConditionalGenerator(nn.Identity(), None, 10, 0, class_scale=2.5).condition(labels[:6], seeds)
     torch.testing.assert_close(onehot, 2.5 * nn.functional.one_hot(labels[:6], 10).float())
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import penact
-from penact.experiments import cpu_model, git
+from penact.experiments import cpu_model, source_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,7 +352,7 @@ def environment(device: torch.device, versions: dict[str, str]) -> dict:
     driver), the CPU and threads, ``versions`` (the peers') beside python, torch, numpy and
     penact, the commit and uncommitted files, the extension binary, the date, the command and the
     machine's load at the start."""
-    status = git("status", "--porcelain", "--untracked-files=no")
+    commit, uncommitted = source_state()
     return dict(
         device=str(device),
         device_name=(torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()),
@@ -364,9 +364,9 @@ def environment(device: torch.device, versions: dict[str, str]) -> dict:
         platform=platform.platform(),
         versions={"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                   "penact": penact.__version__, **versions},
-        git_commit=git("rev-parse", "HEAD"),
-        git_dirty=(bool(status) if status is not None else None),
-        git_uncommitted=([line.split(None, 1)[-1] for line in status.splitlines()] if status else []),
+        git_commit=commit,
+        git_dirty=(bool(uncommitted) if uncommitted is not None else None),
+        git_uncommitted=uncommitted or [],
         extension=_extension_binary(),
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         uptime_start=uptime(),

@@ -41,14 +41,14 @@ from ..experiments import (
     device_name,
     fit_distribution,
     get_dataset,
-    git,
     prepare_teacher,
+    source_state,
 )
 from ..models import accuracy, train_classifier
 from .families import FAMILIES, LatentSpace, calibrated, shuffle_within_class
 from .metrics import Judges
 from .networks import DISCRIMINATORS, JudgeMLP
-from .trainers import CONSISTENCY_READINGS, MODELS, TrainConfig, parse_model, train_model
+from .trainers import CONSISTENCY_READINGS, MODELS, VAE_CONDITIONS, TrainConfig, parse_model, train_model
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ RECIPES = {
     "mnist": Recipe(TrainConfig(vae_steps=3000, gan_steps=1000, architecture="conv", width=32,
                                 discriminator_lr=2e-4, discriminator="both", onehot_discriminator="auxiliary",
                                 style_weight=4.0, vae_class_scale=9.17, gan_class_scale=1.0,
-                                consistency_reading="activation"),
+                                consistency_reading="activation", vae_condition="reading"),
                     judge_epochs=8, judge_widths=(512, 128), validation_size=10000,
                     fidelity_targets={"sphere": 0.95, "rectified": 0.90},
                     quick={"seeds": 1, "teacher_epochs": 2, "judge_epochs": 2, "vae_steps": 200, "gan_steps": 150,
@@ -90,7 +90,7 @@ RECIPES = {
 # Options whose default comes from the data set's recipe (its TrainConfig, or the recipe itself).
 CONFIG_OPTIONS = ("vae_steps", "gan_steps", "batch_size", "discriminator_lr", "consistency", "free_kl", "width",
                   "discriminator", "onehot_discriminator", "style_weight", "vae_class_scale", "gan_class_scale",
-                  "consistency_reading", "prior_condition_share")
+                  "consistency_reading", "prior_condition_share", "vae_condition")
 RUN_OPTIONS = ("seeds", "teacher_epochs", "judge_epochs", "per_class", "fit")
 
 
@@ -143,6 +143,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"the class in the {kind.upper()}s' condition: the one-hot label times it, the "
                                  "teacher's reading p(y|a) times it beside the penact networks' direction; 'none': "
                                  "the label as it is and the direction alone " + recipe)
+    parser.add_argument("--vae-condition", choices=VAE_CONDITIONS, default=None,
+                        help="what the penact VAEs' networks read of an activation a: its direction (after the "
+                             "scaled reading), or the scaled reading p(y|a) alone, the style left to the style code "
+                             + recipe)
     parser.add_argument("--consistency-reading", choices=CONSISTENCY_READINGS, default=None,
                         help="how the penact GAN's consistency term reads a generated image's activation a: at its "
                              "point on the family's support, or a itself (the teacher's logits) " + recipe)
@@ -503,7 +507,10 @@ def _markdown(summary: dict, command: str, settings: dict, name: str) -> str:
     real = {k: statistics.fmean(r["real_train_split"][k] for r in refs) for k in refs[0]["real_train_split"]}
     split = "a validation split held out from the training images" if summary["validation"] else "the test split"
     lines = [f"# Generator transfer on {summary['dataset']} ({summary['date']})", "",
-             f"Command: `{command}`  ", (f"Commit: `{summary['commit']}`, torch {summary['torch']}, "
+             f"Command: `{command}`  ", (f"Commit: `{summary['commit']}`"
+                                         + (f" with uncommitted changes to {', '.join(summary['uncommitted'])}"
+                                            if summary.get("uncommitted") else "")
+                                         + f", torch {summary['torch']}, "
                                          f"{summary['jobs']} process(es) of {summary['threads']} thread(s), on "
                                          f"{summary['device']}  "),
              (f"Wall time {summary['wall_seconds'] / 60:.1f} min, CPU time {summary['cpu_seconds'] / 60:.1f} min "
@@ -558,10 +565,10 @@ def main(args: argparse.Namespace) -> int:
     name = args.name or f"{stem}-{datetime.date.today().isoformat()}"
     load_before, wall, cpu = os.getloadavg()[0], time.perf_counter(), _cpu_seconds()
     results = run(args, config, settings, name)
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    commit, uncommitted = source_state(short=True)
     table = summarize(results["records"])
     summary = {"date": datetime.date.today().isoformat(), "dataset": args.dataset, "validation": args.validation,
-               "commit": commit, "torch": torch.__version__, "jobs": args.jobs,
+               "commit": commit or "unknown", "uncommitted": uncommitted, "torch": torch.__version__, "jobs": args.jobs,
                "threads": torch.get_num_threads() if args.jobs == 1 else args.threads or 1,
                "device": device_name(args.device), "wall_seconds": time.perf_counter() - wall,
                "cpu_seconds": _cpu_seconds() - cpu, "load_before": load_before,

@@ -115,13 +115,14 @@ class GaussianEncoder(nn.Module):
 class FeatureEncoder(nn.Module):
     """The penact VAE's encoder: the frozen teacher backbone, then a trainable head from its
     (normalized) activation and the image to a correction of the posterior's parameters, which
-    :meth:`LatentSpace.posterior` adds to the teacher's own reading of the image. The head's last
-    layer starts at zero: the posterior starts centred on the teacher's activation."""
+    :meth:`LatentSpace.posterior` adds to the teacher's own reading of the image (and, for the VAE,
+    its style code's parameters). The head is as deep as the baseline's :class:`GaussianEncoder`.
+    Its last layer starts at zero: the posterior starts centred on the teacher's activation."""
 
     def __init__(self, teacher_backbone: nn.Module, dim: int, output_size: int, pixels: int = 64):
         super().__init__()
         self.backbone = teacher_backbone
-        self.head = _mlp([dim + pixels, HIDDEN, output_size])
+        self.head = _mlp([dim + pixels, HIDDEN, HIDDEN, output_size])
         with torch.no_grad():
             self.head[-1].weight.zero_()
             self.head[-1].bias.zero_()

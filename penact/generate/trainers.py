@@ -52,6 +52,10 @@ MODELS = tuple(f"{kind}-{mode}" for kind in KINDS for mode in MODES)
 # differ for the sphere family alone: its reading ignores ||a||, so a faint image whose activation
 # points the right way is read as confidently as a clear digit (docs/generate.md).
 CONSISTENCY_READINGS = ("support", "activation")
+# What a penact VAE's networks read of an activation a (ConditionalGenerator.network_condition):
+# "direction", its direction (after the class reading, with a class scale); "reading", the class
+# reading alone, so that the style code carries the style (docs/generate.md).
+VAE_CONDITIONS = ("direction", "reading")
 
 
 @dataclass
@@ -77,6 +81,7 @@ class TrainConfig:
     gan_class_scale: float | None = None  # the same for the GANs' generators and discriminators
     consistency_reading: str = "support"  # how the consistency term reads: "support" or "activation"
     prior_condition_share: float = 0.0  # labelled VAE: share of each batch decoded from a ~ p(a | y), not the posterior
+    vae_condition: str = "direction"  # what the penact VAEs' networks read of a: VAE_CONDITIONS
 
 
 def parse_model(name: str) -> tuple[str, str]:
@@ -86,22 +91,27 @@ def parse_model(name: str) -> tuple[str, str]:
     return kind, mode
 
 
-def condition_size(space: LatentSpace | None, num_classes: int, class_scale: float | None) -> int:
+def condition_size(space: LatentSpace | None, num_classes: int, class_scale: float | None,
+                   reads: str = "direction") -> int:
     """``K``, the width of the networks' condition (:meth:`ConditionalGenerator.network_condition`)."""
-    if space is None:
+    if space is None or reads == "reading":
         return num_classes
     return space.dim + (num_classes if class_scale is not None else 0)
 
 
 class ConditionalGenerator(nn.Module):
     """A trained model's sampler: ``generate(labels) -> images [N, *image_shape]`` in ``[0, 1]``, on
-    the decoder's device. ``class_scale``: see :meth:`network_condition`."""
+    the decoder's device. ``class_scale``, ``reads``: see :meth:`network_condition`."""
 
     def __init__(self, decoder: Decoder, space: LatentSpace | None, num_classes: int, latent_size: int,
-                 class_scale: float | None = None):
+                 class_scale: float | None = None, reads: str = "direction"):
         super().__init__()
+        if reads not in VAE_CONDITIONS:
+            raise ValueError(f"reads must be one of {VAE_CONDITIONS}, got {reads!r}")
+        if reads == "reading" and class_scale is None:
+            raise ValueError("reads='reading' needs a class_scale (the reading's scale), got None")
         self.decoder, self.space = decoder, space
-        self.num_classes, self.latent_size, self.class_scale = num_classes, latent_size, class_scale
+        self.num_classes, self.latent_size, self.class_scale, self.reads = num_classes, latent_size, class_scale, reads
 
     def condition(self, labels: Tensor, seeds: torch.Generator) -> Tensor:
         """The decoder's condition for ``labels: [N]``, ``[N, K]``: the one-hot label times ``class_scale``
@@ -116,17 +126,22 @@ class ConditionalGenerator(nn.Module):
         """What the penact networks read of activations ``a: [N, D]``, ``[N, K]``: the direction
         ``normalize(a)`` (norm ``sqrt(D)``), and with a ``class_scale`` s, before it, the teacher's
         reading ``s p(. | a) = s softmax(W a + b)`` (at ``a``'s point on the support: the GD pair),
-        the continuous twin of the one-hot label, which the one-hot models get times s.
+        the continuous twin of the one-hot label, which the one-hot models get times s. With
+        ``reads="reading"``, that reading alone: by the GD pair it is all of ``a`` the class depends
+        on, and the rest of ``a``, where the family's draws and real activations differ most, is left
+        to the style code.
 
         Why the reading: the family's draws lie far from the real activations the VAE decoders are
         trained on (on the sphere, cosine 0.15 to their class's mean real direction against 0.95 for
         real ones), while their reading is as class-clear as the real one (the calibrated fit); given
         apart, the class reaches the networks in the form they see in training. Its scale matters as
         the one-hot label's does (docs/generate.md)."""
-        direction = self.space.normalize(a)
         if self.class_scale is None:
-            return direction
-        return torch.cat([self.class_scale * self.space.class_log_posterior(a).exp(), direction], dim=1)
+            return self.space.normalize(a)
+        reading = self.class_scale * self.space.class_log_posterior(a).exp()
+        if self.reads == "reading":
+            return reading
+        return torch.cat([reading, self.space.normalize(a)], dim=1)
 
     @torch.no_grad()
     def generate(self, labels: Tensor, generator: torch.Generator) -> Tensor:
@@ -228,9 +243,11 @@ class _VAETrainer:
             self.encoder = FeatureEncoder(teacher.backbone, space.dim,
                                           space.posterior_size + 2 * config.latent_size, pixels).to(device)
             self.decoder = _decoder(config, config.latent_size,
-                                    condition_size(space, num_classes, config.vae_class_scale), image_shape).to(device)
+                                    condition_size(space, num_classes, config.vae_class_scale, config.vae_condition),
+                                    image_shape).to(device)
         self.latent_size = config.latent_size
-        self.model = ConditionalGenerator(self.decoder, space, num_classes, config.latent_size, config.vae_class_scale)
+        self.model = ConditionalGenerator(self.decoder, space, num_classes, config.latent_size, config.vae_class_scale,
+                                          config.vae_condition if space is not None else "direction")
         parameters = [p for m in (self.encoder, self.decoder) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=config.vae_lr)
         self.warmup_steps, self.steps_done = config.kl_warmup * config.vae_steps, 0
