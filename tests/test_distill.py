@@ -290,6 +290,20 @@ def test_synth_ratio_must_be_positive_and_finite(ratio):
         replace(TINY, synth_ratio=ratio)
 
 
+def test_data_free_steps_set_the_length_of_runs_without_transfer_data_alone(teacher_state):
+    """``data_free_steps``: a pool-only run trains that many steps, its learning rate annealed to 0 over
+    them; a run with transfer data keeps ``steps``."""
+    config = replace(TINY, steps=6, data_free_steps=10, refresh_every=0)
+    data_free = _distiller(teacher_state, "synth", None, config=config).train()
+    with_transfer = _distiller(teacher_state, "synth", "partial", config=config).train()
+    assert (data_free.step, with_transfer.step) == (10, 6)
+    assert data_free.scheduler.get_last_lr()[0] == pytest.approx(0, abs=1e-12)
+    assert with_transfer.scheduler.get_last_lr()[0] == pytest.approx(0, abs=1e-12)
+    assert _distiller(teacher_state, "synth", None, config=replace(config, data_free_steps=None)).train().step == 6
+    with pytest.raises(ValueError, match="data_free_steps must be >= 0"):
+        replace(TINY, data_free_steps=-1)
+
+
 def test_kd_without_transfer_data_is_refused(teacher_state):
     with pytest.raises(ValueError, match="needs transfer data"):
         _distiller(teacher_state, "kd", "none")

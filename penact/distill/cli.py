@@ -33,7 +33,7 @@ from .transfer import DEFAULT_SEVERITY, TRANSFER_SETS
 DEFAULT_METHODS = ("kd", "weighted", "synth", "synth+weighted")
 SEEDS = 5
 # The DistillConfig fields set from the command line (the rest keep the benchmark's values).
-CONFIG_OPTIONS = ("steps", "batch_size", "synth_ratio", "lr", "temperature", "pool_size", "refresh_every",
+CONFIG_OPTIONS = ("steps", "data_free_steps", "batch_size", "synth_ratio", "lr", "temperature", "pool_size", "refresh_every",
                   "refresh_size", "synth_steps", "synth_lr", "match", "tv_weight", "l2_weight", "synth_jitter",
                   "augment_shift", "balance_rounds")
 
@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--severity", type=float, default=DEFAULT_SEVERITY, help="corruption severity (default: %(default)s)")
     parser.add_argument("--teacher-epochs", type=int, default=None, help="(default: the data set's recipe)")
     for name in CONFIG_OPTIONS:
-        kind = str if name == "match" else type(getattr(DistillConfig(), name))
+        kind = {"match": str, "data_free_steps": int}.get(name) or type(getattr(DistillConfig(), name))
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                             help=("one of " + ", ".join(MATCH_LOSSES) + "; " if name == "match" else "")
                             + "default: the benchmark's (DistillConfig)")

@@ -87,6 +87,7 @@ class DistillConfig:
 
     method: str = "kd"
     steps: int = 1500
+    data_free_steps: int | None = None  # steps of a run without transfer data (None: ``steps``)
     batch_size: int = 128             # global transfer batch per step (with a loader: sizes only the pool's batch)
     synth_ratio: float = 1.0          # pool images per transfer image in a step (beside the transfer batch)
     lr: float = 2e-3                  # Adam, cosine-annealed to 0 over ``steps``
@@ -108,8 +109,9 @@ class DistillConfig:
 
     def __post_init__(self):
         parse_method(self.method)
-        if self.steps < 0 or self.batch_size < 1:
-            raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if self.steps < 0 or self.batch_size < 1 or (self.data_free_steps or 0) < 0:
+            raise ValueError(f"steps and data_free_steps must be >= 0 and batch_size >= 1, got {self.steps}, "
+                             f"{self.data_free_steps}, {self.batch_size}")
         if not 0 < self.synth_ratio < math.inf:
             raise ValueError(f"synth_ratio must be positive and finite, got {self.synth_ratio}")
         if self.temperature <= 0:
@@ -238,6 +240,8 @@ class Distiller:
             self.synth_batch = 0
         else:
             self.synth_batch = max(1, round(local_batch * config.synth_ratio)) if has_transfer else local_batch
+        # A pool-only step trains on fewer images and costs less; more of them keep teaching (docs/distill.md).
+        self.total_steps = config.steps if has_transfer or config.data_free_steps is None else config.data_free_steps
         self.transfer: TensorBatches | LoaderBatches | None = None
         if is_tensor and has_transfer:
             self.transfer = TensorBatches(transfer, local_batch, rank=self.rank,
@@ -257,7 +261,7 @@ class Distiller:
             raise ValueError(f"method {config.method!r} has no synth part to use the given pool")
 
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(config.steps, 1))
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(self.total_steps, 1))
         self.step = 0
         self.sample_counter = pool.draws if pool is not None else 0  # Philox counters used by this rank (all alike)
         self.given_pool = pool.to(self.device) if pool is not None else None
@@ -444,7 +448,8 @@ class Distiller:
         self.timings.steps = self.step
 
     def train(self, until_step: int | None = None, progress: bool = False, log_every: int = 50) -> "Distiller":
-        """Trains up to ``until_step`` (default: ``config.steps``); call again to continue.
+        """Trains up to ``until_step`` (default: all of its steps, ``config.steps``, or
+        ``config.data_free_steps`` without transfer data); call again to continue.
 
         Every ``log_every`` steps (and at the end) the mean loss since the last reading is brought
         to the host, appended to ``losses`` and shown on the progress bar, and ``timings`` are
@@ -453,7 +458,7 @@ class Distiller:
         """
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
-        end = self.config.steps if until_step is None else min(until_step, self.config.steps)
+        end = self.total_steps if until_step is None else min(until_step, self.total_steps)
         self._timer.start()
         self.student.train()
         if "weighted" in self.parts and self.transfer is not None and self.weight_temperature is None:
