@@ -562,6 +562,28 @@ def test_calibrated_fit_matches_the_real_margin_and_keeps_the_classifier(np_rng,
     assert getattr(distribution, SPREAD[distribution.name]) is not getattr(fitted, SPREAD[distribution.name])
 
 
+@pytest.mark.parametrize("family", [0, 1], ids=["sphere", "rectified"])
+def test_calibrated_fit_can_match_the_share_read_as_the_class(np_rng, family):
+    """``target="share"``: the smallest factor (within bisection's resolution) whose draws the teacher
+    reads as their class at least as often as the real activations."""
+    space = _spaces(np_rng, dim=6, classes=3)[family]
+    distribution = space.distribution
+    labels = torch.arange(3).repeat_interleave(2000)
+    generator = torch.Generator().manual_seed(int(np_rng.integers(2**62)))
+    real = with_spread(distribution, 2.0).sample(labels, generator=generator)
+    fitted, factor = calibrated(distribution, real, labels, seed=3, per_class=2000, target="share")
+    goal = LatentSpace(distribution).reading(distribution.support(real), labels)[0]
+
+    def share(at: float) -> float:
+        candidate = LatentSpace(with_spread(distribution, at))
+        return candidate.reading(candidate.prior_sample(labels, torch.Generator().manual_seed(3)), labels)[0]
+
+    assert share(factor) >= goal > share(factor * 0.98)
+    assert torch.equal(fitted.weight, distribution.weight)
+    with pytest.raises(ValueError, match="target must be one of"):
+        calibrated(distribution, real, labels, seed=3, target="mean")
+
+
 def test_with_spread_refuses_a_family_it_does_not_know(np_rng):
     class Other(PenultimateDistribution):
         name = "other"

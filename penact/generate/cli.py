@@ -150,9 +150,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consistency-reading", choices=CONSISTENCY_READINGS, default=None,
                         help="how the penact GAN's consistency term reads a generated image's activation a: at its "
                              "point on the family's support, or a itself (the teacher's logits) " + recipe)
-    parser.add_argument("--fit", choices=("mle", "calibrated"), default=None,
+    parser.add_argument("--fit", choices=("mle", "calibrated", "calibrated-share"), default=None,
                         help="the families' fit: maximum likelihood, or its spread rescaled so that the draws are "
-                             "as class-clear as the real activations (penact.generate.families.calibrated) " + recipe)
+                             "as class-clear as the real activations: in mean margin, or (calibrated-share) in the "
+                             "share the teacher reads as their class (penact.generate.families.calibrated) " + recipe)
     parser.add_argument("--consistency", type=float, default=None,
                         help="weight of the penact GAN's consistency term " + recipe)
     parser.add_argument("--free-kl", choices=("joint", "mixture"), default=None,
@@ -309,8 +310,9 @@ def prepare_seed(args: argparse.Namespace, settings: dict, split: Split, seed: i
     spaces = {}
     for family in families:
         distribution = fit_distribution(family, teacher, split.train_images, split.train_labels)
-        if settings["fit"] == "calibrated":
-            distribution, factor = calibrated(distribution, features, split.train_labels, stream_seed(seed, "fit"))
+        if settings["fit"] != "mle":
+            distribution, factor = calibrated(distribution, features, split.train_labels, stream_seed(seed, "fit"),
+                                              target="share" if settings["fit"] == "calibrated-share" else "margin")
             reference.setdefault("spread_factor", {})[family] = factor
         spaces[family] = LatentSpace(distribution)
     reference["condition_clarity"] = {family: condition_clarity(space, features, split.train_labels, seed)

@@ -185,29 +185,38 @@ def with_spread(distribution: ClassConditionalDistribution, factor: float) -> Cl
     return spread
 
 
+# What a calibrated fit matches to the real activations: the mean class margin, or the share of
+# draws the teacher reads as their class (LatentSpace.reading's first two figures).
+CALIBRATION_TARGETS = ("margin", "share")
+
+
 def calibrated(distribution: ClassConditionalDistribution, features: Tensor, labels: Tensor, seed: int,
-               per_class: int = 500, bracket: tuple[float, float] = (0.25, 4.0), iterations: int = 30
-               ) -> tuple[ClassConditionalDistribution, float]:
+               per_class: int = 500, bracket: tuple[float, float] = (0.25, 4.0), iterations: int = 30,
+               target: str = "margin") -> tuple[ClassConditionalDistribution, float]:
     """The fit whose draws are as class-clear to the teacher as its real activations: ``distribution``
-    (a maximum-likelihood fit) with its spread multiplied by the ``factor`` at which the mean margin
-    (:meth:`LatentSpace.reading`) of ``per_class`` draws of every class equals that of the real
-    activations ``features: [N, D]`` of classes ``labels: [N]`` (on the support), by bisection on
-    ``log factor`` within ``bracket`` (the same draws' seeds at every step: the margin is then a
-    smooth, increasing function of the factor). Returns ``(distribution, factor)``; a factor at the
-    bracket's edge means the margins do not meet inside it."""
-    target = LatentSpace(distribution).reading(distribution.support(features).to(distribution.weight.dtype),
-                                               labels)[1]
+    (a maximum-likelihood fit) with its spread multiplied by the ``factor`` at which ``per_class``
+    draws of every class match the real activations ``features: [N, D]`` of classes ``labels: [N]``
+    (on the support) in ``target``: the mean margin (:meth:`LatentSpace.reading`), or the share
+    read as their class (the smallest such factor: the share is a step function of it). By
+    bisection on ``log factor`` within ``bracket``, the same draws' seeds at every step (both
+    figures then increase with the factor). Returns ``(distribution, factor)``; a factor at the
+    bracket's edge means the figures do not meet inside it."""
+    if target not in CALIBRATION_TARGETS:
+        raise ValueError(f"target must be one of {CALIBRATION_TARGETS}, got {target!r}")
+    figure = {"share": 0, "margin": 1}[target]  # LatentSpace.reading's order
+    goal = LatentSpace(distribution).reading(distribution.support(features).to(distribution.weight.dtype),
+                                             labels)[figure]
     draw_labels = torch.arange(distribution.num_classes, device=labels.device).repeat_interleave(per_class)
 
-    def margin(log_factor: float) -> float:
+    def measured(log_factor: float) -> float:
         space = LatentSpace(with_spread(distribution, math.exp(log_factor)))
-        return space.reading(space.prior_sample(draw_labels, torch.Generator().manual_seed(seed)), draw_labels)[1]
+        return space.reading(space.prior_sample(draw_labels, torch.Generator().manual_seed(seed)), draw_labels)[figure]
 
     low, high = math.log(bracket[0]), math.log(bracket[1])
     for _ in range(iterations):
         middle = (low + high) / 2
-        low, high = (middle, high) if margin(middle) < target else (low, middle)
-    factor = math.exp((low + high) / 2)
+        low, high = (middle, high) if measured(middle) < goal else (low, middle)
+    factor = math.exp((low + high) / 2) if target == "margin" else math.exp(high)
     return with_spread(distribution, factor), factor
 
 
